@@ -1,0 +1,95 @@
+"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``reconstruct``.
+
+``accelerate launch -m mae_trainer pretrain ...`` runs the same entry point under the launcher.
+Bad input ends with one line ``mae-trainer: error: ...`` naming the flag or file, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _write_dataset(args: argparse.Namespace) -> None:
+    from .data.write import WriteSettings, check_output, resolve_source, write_beton
+
+    settings = WriteSettings(max_resolution=args.max_resolution, write_mode=args.write_mode,
+                             jpeg_quality=args.jpeg_quality, smart_threshold=args.smart_threshold,
+                             num_workers=args.num_workers)
+    settings.validate()
+    check_output(args.output, args.overwrite)  # before reading any image
+    summary = write_beton(resolve_source(args.source), args.output, settings, overwrite=args.overwrite)
+    print(f"wrote {summary['count']} images in {len(summary['classes'])} classes to {args.output} "
+          f"({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']} s); summary: {args.output}.json")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from .training.pretrain import run
+
+    run(args)
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from .data.loader import check_beton
+    from .modeling import MAEForPreTraining
+    from .training.pretrain import write_reconstruction
+
+    if not (args.model / "config.json").exists():
+        raise UsageError(f"--model {args.model}: no config.json (expected a save_pretrained directory)")
+    check_beton(args.data)
+    model = MAEForPreTraining.from_pretrained(args.model)
+    resolution = args.resolution or model.config.image_size
+    if resolution % model.config.patch_size:
+        raise UsageError(f"--resolution {resolution}: not a multiple of the patch size {model.config.patch_size}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_reconstruction(model, args.data, resolution, args.count, args.output)
+    print(f"reconstruction grid: {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training import pretrain
+
+    parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    write = commands.add_parser("write-dataset", help="write an ImageFolder tree or the embedded set to .beton")
+    write.add_argument("--source", required=True, help="ImageFolder directory, or 'embedded' for the demo set")
+    write.add_argument("--output", type=Path, required=True, help="the .beton file to write")
+    write.add_argument("--max-resolution", type=int, default=256, help="longest side stored (resized down)")
+    write.add_argument("--write-mode", default="smart", help="smart | jpg | raw")
+    write.add_argument("--jpeg-quality", type=int, default=90)
+    write.add_argument("--smart-threshold", type=int, default=3 * 256 * 256,
+                       help="smart mode: store as JPEG when the raw image exceeds this many bytes")
+    write.add_argument("--num-workers", type=int, default=2)
+    write.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    write.set_defaults(func=_write_dataset)
+
+    train = commands.add_parser("pretrain", help="pre-train an MAE (run under accelerate launch to distribute)")
+    pretrain.add_arguments(train)
+    train.set_defaults(func=_pretrain)
+
+    recon = commands.add_parser("reconstruct", help="write a reconstruction grid PNG for a saved model")
+    recon.add_argument("--model", type=Path, required=True, help="save_pretrained directory")
+    recon.add_argument("--data", type=Path, required=True, help=".beton to take the images from")
+    recon.add_argument("--output", type=Path, required=True, help="PNG file to write")
+    recon.add_argument("--resolution", type=int, default=None, help="default: the model's image_size")
+    recon.add_argument("--count", type=int, default=8)
+    recon.set_defaults(func=_reconstruct)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as err:
+        print(f"mae-trainer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mae-trainer: interrupted", file=sys.stderr)
+        return 130
+    return 0

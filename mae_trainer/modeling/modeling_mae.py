@@ -1,0 +1,306 @@
+"""Masked Autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", 2022) as HF models.
+
+Read top to bottom: position table → masking → encoder (``MAEModel``) → decoder → pre-training head
+(``MAEForPreTraining``). Blocks come from timm (fused qkv + ``F.scaled_dot_product_attention``), so the
+encoder's state-dict names are timm's ViT names under the ``mae.`` prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_mae import MAEConfig
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sin-cos position table of shape ``(1, [1 +] grid_h * grid_w, dim)``, computed for the grid.
+
+    Half of the channels encode the column, half the row, each as ``[sin(pos·ω), cos(pos·ω)]`` with
+    ``ω_i = 10000^(-i / (dim/4))`` — the MAE reference layout, so the 14×14 table equals the reference one.
+    The class-token row is zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
+                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(cols), encode(rows)], dim=1)
+    if cls_token:
+        table = torch.cat([torch.zeros(1, dim, dtype=torch.float64), table], dim=0)
+    return table.float().unsqueeze(0)
+
+
+def random_masking(num_patches: int, mask_ratio: float, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample random masking by argsort of ``noise`` (small noise = kept), as the reference MAE.
+
+    Returns ``ids_keep (B, n_keep)``, ``mask (B, L)`` with 1 = hidden, and ``ids_restore (B, L)``.
+    """
+    len_keep = int(num_patches * (1 - mask_ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones_like(noise)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return ids_shuffle[:, :len_keep], mask, ids_restore
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``x[b, ids[b]]`` for a ``(B, L, D)`` tensor."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@dataclass
+class MAEModelOutput(ModelOutput):
+    """Encoder output. ``last_hidden_state`` holds the class token then the visible patches."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+
+
+@dataclass
+class MAEForPreTrainingOutput(ModelOutput):
+    """Pre-training output.
+
+    Args:
+        loss: mean squared error on the masked patches (per-patch normalised pixels if ``norm_pix_loss``).
+        logits: ``(B, L, patch_size**2 * channels)`` predicted patch pixels, in patchify order (p, q, c).
+        mask: ``(B, L)``, 1 for patches hidden from the encoder.
+        ids_restore: ``(B, L)``, the permutation that undoes the masking shuffle.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+
+
+class MAEPreTrainedModel(PreTrainedModel):
+    config_class = MAEConfig
+    base_model_prefix = "mae"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Reference MAE init: xavier-uniform linears (patch projection as a flattened linear), zero
+        biases, unit LayerNorms, N(0, 0.02) class/mask tokens. Loaded tensors are left alone."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            # xavier on the (out, in*k*k) view, written without a view so transformers' "already loaded" flag
+            # on the parameter is honoured.
+            fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            nn.init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, MAEModel):
+            nn.init.normal_(module.cls_token, std=std)
+        elif isinstance(module, MAEDecoder):
+            nn.init.normal_(module.mask_token, std=std)
+
+
+class PositionTable(nn.Module):
+    """Fixed sin-cos table regenerated (and cached) for whatever patch grid the input has."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, grid_h: int, grid_w: int, like: torch.Tensor) -> torch.Tensor:
+        key = (grid_h, grid_w, like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = sincos_pos_embed_2d(self.dim, grid_h, grid_w).to(like.device, like.dtype)
+        return self._cache[key]
+
+
+def _blocks(config: MAEConfig, width: int, depth: int, heads: int) -> nn.ModuleList:
+    norm = partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    return nn.ModuleList(
+        Block(width, heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, norm_layer=norm)
+        for _ in range(depth)
+    )
+
+
+def _run_blocks(module: nn.Module, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    checkpoint = module.gradient_checkpointing and module.training and torch.is_grad_enabled()
+    for block in blocks:
+        x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
+    return x
+
+
+class MAEModel(MAEPreTrainedModel):
+    """The ViT encoder. Without ``mask_ratio`` it sees every patch (features for downstream use)."""
+
+    # Loading a pre-training checkpoint into the encoder alone drops the decoder on purpose.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        self.patch_embed = PatchEmbed(
+            img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels,
+            embed_dim=config.hidden_size, strict_img_size=False,
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.pos_embed = PositionTable(config.hidden_size)
+        self.blocks = _blocks(config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        height, width = pixel_values.shape[-2:]
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+        return height // p, width // p
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MAEModelOutput | tuple:
+        """Encode normalised images ``(B, C, H, W)``; ``H`` and ``W`` must be multiples of the patch size.
+
+        ``noise (B, L)`` fixes which patches are kept (the ``1 - mask_ratio`` smallest); without it the
+        mask is drawn with ``torch.rand``. ``mask_ratio`` defaults to 0 (no masking).
+        """
+        grid_h, grid_w = self.patch_grid(pixel_values)
+        x = self.patch_embed(pixel_values)
+        pos = self.pos_embed(grid_h, grid_w, x)
+        x = x + pos[:, 1:]
+        batch, num_patches = x.shape[:2]
+        mask_ratio = 0.0 if mask_ratio is None else mask_ratio
+        if mask_ratio > 0 or noise is not None:
+            if noise is None:
+                noise = torch.rand(batch, num_patches, device=x.device)
+            ids_keep, mask, ids_restore = random_masking(num_patches, mask_ratio, noise)
+            x = gather_tokens(x, ids_keep)
+        else:
+            mask = x.new_zeros(batch, num_patches)
+            ids_restore = torch.arange(num_patches, device=x.device).expand(batch, -1)
+        cls = (self.cls_token + pos[:, :1]).expand(batch, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = self.norm(_run_blocks(self, self.blocks, x))
+        out = MAEModelOutput(last_hidden_state=x, mask=mask, ids_restore=ids_restore)
+        return out if return_dict is not False else out.to_tuple()
+
+
+class MAEDecoder(nn.Module):
+    """Lightweight decoder: visible tokens plus mask tokens, unshuffled, to per-patch pixel predictions."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.decoder_embed = nn.Linear(config.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = PositionTable(width)
+        self.blocks = _blocks(config, width, config.decoder_num_hidden_layers, config.decoder_num_attention_heads)
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.pred = nn.Linear(width, config.patch_size**2 * config.num_channels)
+        self.gradient_checkpointing = False
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = self.decoder_embed(latent)
+        batch, num_patches = ids_restore.shape
+        masked = self.mask_token.expand(batch, num_patches + 1 - x.shape[1], -1)
+        patches = gather_tokens(torch.cat([x[:, 1:], masked], dim=1), ids_restore)
+        x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed(*grid, x)
+        x = self.norm(_run_blocks(self, self.blocks, x))
+        return self.pred(x[:, 1:])
+
+
+class MAEForPreTraining(MAEPreTrainedModel):
+    """MAE encoder + decoder with the masked-patch reconstruction loss."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        self.mae = MAEModel(config)
+        self.decoder = MAEDecoder(config)
+        self.post_init()
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mae.cls_token", "decoder.mask_token"}
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, L, p*p*C)``, each patch flattened in (row, column, channel) order."""
+        p = self.config.patch_size
+        b, c, h, w = pixel_values.shape
+        x = pixel_values.reshape(b, c, h // p, p, w // p, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Inverse of :meth:`patchify` for a ``(grid_h, grid_w)`` patch grid."""
+        p, c = self.config.patch_size, self.config.num_channels
+        (gh, gw), b = grid, patches.shape[0]
+        x = patches.reshape(b, gh, gw, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(b, c, gh * p, gw * p)
+
+    def target_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The regression target: patches, per-patch normalised when ``norm_pix_loss``."""
+        target = self.patchify(pixel_values.float())
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def reconstruction_loss(self, pixel_values: torch.Tensor, logits: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error per patch, averaged over the masked patches only (computed in fp32)."""
+        per_patch = (logits.float() - self.target_patches(pixel_values)).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MAEForPreTrainingOutput | tuple:
+        """Mask, encode, decode and score normalised images ``(B, C, H, W)``.
+
+        ``mask_ratio`` overrides ``config.mask_ratio`` for this call (progressive schemes change it);
+        ``noise (B, L)`` makes the mask deterministic.
+        """
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio} must be in (0, 1) for pre-training")
+        grid = self.mae.patch_grid(pixel_values)
+        encoded = self.mae(pixel_values, noise=noise, mask_ratio=mask_ratio)
+        logits = self.decoder(encoded.last_hidden_state, encoded.ids_restore, grid)
+        loss = self.reconstruction_loss(pixel_values, logits, encoded.mask)
+        out = MAEForPreTrainingOutput(loss=loss, logits=logits, mask=encoded.mask,
+                                      ids_restore=encoded.ids_restore)
+        return out if return_dict is not False else out.to_tuple()

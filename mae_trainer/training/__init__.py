@@ -1,0 +1,1 @@
+"""The pre-training loop and what it needs (optimizer groups, schedules, visualisation)."""

@@ -1,0 +1,243 @@
+"""MAE pre-training loop (``mae-trainer pretrain``), read top to bottom like nanoGPT's train.py:
+arguments → checks → accelerator → data → model/optimizer → loop (lr, step, log) → save.
+
+Runs as is (one process, no DeepSpeed) or under ``accelerate launch`` with a DeepSpeed config
+(ZeRO-1, BF16: ``accelerate_configs/*.yaml`` → ``ds_configs/zero1_bf16.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.loader import check_beton, normalize, set_resolution, stats_tensor, train_loader
+from ..errors import UsageError
+from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
+from .schedules import scaled_lr, warmup_cosine_lr
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, help="training .beton (mae-trainer write-dataset)")
+    data.add_argument("--resolution", type=int, default=224, help="crop side in pixels (multiple of the patch)")
+    data.add_argument("--num-workers", type=int, default=8, help="FFCV decode threads per process")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="base", help=f"preset: {', '.join(PRESETS)}")
+    model.add_argument("--mask-ratio", type=float, default=0.75)
+    model.add_argument("--no-norm-pix-loss", action="store_true", help="regress raw (not per-patch normalised) pixels")
+    optim = parser.add_argument_group("optimisation (MAE recipe defaults)")
+    optim.add_argument("--epochs", type=int, default=800)
+    optim.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    optim.add_argument("--batch-size", type=int, default=64, help="images per process per micro-step")
+    optim.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    optim.add_argument("--blr", type=float, default=1.5e-4, help="base lr: lr = blr * effective batch / 256")
+    optim.add_argument("--lr", type=float, default=None, help="absolute peak lr (overrides --blr)")
+    optim.add_argument("--min-lr", type=float, default=0.0)
+    optim.add_argument("--warmup-epochs", type=float, default=40)
+    optim.add_argument("--weight-decay", type=float, default=0.05)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", type=Path, default=Path("runs/pretrain"))
+    run.add_argument("--overwrite", action="store_true", help="reuse an output directory that holds a model")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
+    run.add_argument("--recon-images", type=int, default=8, help="images in the final reconstruction grid (0: none)")
+
+
+def check_arguments(args: argparse.Namespace) -> MAEConfig:
+    """Every check that needs no process group: fail before any work or any file is written."""
+    if args.model not in PRESETS:
+        raise UsageError(f"--model {args.model!r}: unknown preset; choose one of {', '.join(PRESETS)}")
+    patch = PRESETS[args.model].get("patch_size", 16)
+    if args.resolution <= 0 or args.resolution % patch:
+        raise UsageError(f"--resolution {args.resolution}: must be a positive multiple of the patch size {patch}")
+    if not 0.0 < args.mask_ratio < 1.0:
+        raise UsageError(f"--mask-ratio {args.mask_ratio}: must be between 0 and 1")
+    for flag in ("epochs", "batch_size", "grad_accum", "log_every", "num_workers"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps {args.max_steps}: must be at least 1")
+    if not 0 <= args.warmup_epochs < args.epochs:
+        raise UsageError(f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs={args.epochs})")
+    check_beton(args.data)
+    config = MAEConfig.from_preset(args.model, image_size=args.resolution, mask_ratio=args.mask_ratio,
+                                   norm_pix_loss=not args.no_norm_pix_loss)
+    if (args.output_dir / "model.safetensors").exists() and not args.overwrite:
+        raise UsageError(f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)")
+    return config
+
+
+def make_accelerator(args: argparse.Namespace):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = []
+    launched = any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK")) or \
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if launched and not torch.cuda.is_available():
+        # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, log_with="tensorboard",
+                              project_dir=str(args.output_dir), kwargs_handlers=handlers)
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        # FFCV's Loader is not a torch DataLoader, so accelerate cannot infer the micro-batch: set it here.
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.batch_size
+    return accelerator
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Pre-train and save the model into ``args.output_dir``; returns that directory."""
+    from accelerate.utils import set_seed
+    from timm.optim import param_groups_weight_decay
+    from tqdm.auto import tqdm
+
+    config = check_arguments(args)
+    accelerator = make_accelerator(args)
+    output_dir: Path = args.output_dir
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    # Same seed everywhere for the weights; a rank-specific one for masks and crops.
+    set_seed(args.seed)
+    model = MAEForPreTraining(config)
+    set_seed(args.seed, device_specific=True)
+
+    loader = train_loader(args.data, args.batch_size, args.resolution, num_workers=args.num_workers,
+                          distributed=accelerator.num_processes > 1, seed=args.seed)
+    steps_per_epoch = len(loader) // args.grad_accum
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch-size {args.batch_size}: {accelerator.num_processes} process(es) × "
+                         f"{args.grad_accum} accumulation steps need more images than {args.data} holds")
+    effective_batch = args.batch_size * args.grad_accum * accelerator.num_processes
+    peak_lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
+    total_steps = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+
+    groups = param_groups_weight_decay(model, args.weight_decay, model.no_weight_decay())
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    dtype = next(model.parameters()).dtype
+    mean = stats_tensor(config.image_mean, accelerator.device)
+    std = stats_tensor(config.image_std, accelerator.device)
+
+    hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if v is not None}
+    accelerator.init_trackers("tensorboard", config={k: v for k, v in hparams.items()
+                                                     if isinstance(v, (int, float, str, bool))})
+    metrics_file = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        metrics_file.write_text("")
+        accelerator.print(f"pretraining {args.model} at {args.resolution}px on {accelerator.num_processes} "
+                          f"process(es) ({accelerator.distributed_type}, {dtype}); effective batch "
+                          f"{effective_batch}, peak lr {peak_lr:.3g}, {total_steps} steps")
+
+    step, micro_step = 0, 0
+    window_loss, window_count, window_start = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+    progress = tqdm(total=total_steps, disable=not accelerator.is_local_main_process, desc="pretrain",
+                    dynamic_ncols=True)
+    model.train()
+    for epoch in range(args.epochs):
+        if step >= total_steps:
+            break
+        set_resolution(loader, args.resolution)
+        for images, _labels in loader:
+            lr = warmup_cosine_lr(step, total_steps, warmup_steps, peak_lr, args.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pixel_values = normalize(images.to(accelerator.device, non_blocking=True), mean, std, dtype)
+            with accelerator.accumulate(model):
+                loss = model(pixel_values, mask_ratio=args.mask_ratio).loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch})")
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            micro_step += 1
+            window_loss += loss.detach().float()
+            window_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            if step % args.log_every == 0 or step == total_steps:
+                mean_loss = accelerator.reduce(window_loss / window_count, "mean").item()
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                          "images_per_s": window_count * args.batch_size * accelerator.num_processes / elapsed,
+                          "resolution": args.resolution, "mask_ratio": args.mask_ratio}
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+                if accelerator.is_main_process:
+                    with metrics_file.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                window_loss.zero_()
+                window_count, window_start = 0, time.perf_counter()
+            if step >= total_steps:
+                break
+    progress.close()
+
+    final = save_model(accelerator, model, config, output_dir)
+    if accelerator.is_main_process and args.recon_images > 0:
+        picture = write_reconstruction(final, args.data, args.resolution, args.recon_images,
+                                       output_dir / "reconstruction.png")
+        accelerator.get_tracker("tensorboard", unwrap=True).add_image(
+            "reconstruction", picture, step, dataformats="HWC")
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        accelerator.print(f"model: {output_dir} (config.json, model.safetensors)\n"
+                          f"tensorboard: {output_dir / 'tensorboard'}\nmetrics: {metrics_file}\n"
+                          f"reconstruction: {output_dir / 'reconstruction.png'}")
+    return output_dir
+
+
+def save_model(accelerator, model, config: MAEConfig, output_dir: Path) -> MAEForPreTraining | None:
+    """Save fp32 weights with ``save_pretrained``. Under DeepSpeed the fp32 master copy is sharded across
+    ranks, so the final state goes through a ZeRO checkpoint that is consolidated on the main process."""
+    accelerator.wait_for_everyone()
+    final = None
+    if accelerator.state.deepspeed_plugin is not None:
+        checkpoint = output_dir / "checkpoints" / "final"
+        accelerator.save_state(str(checkpoint))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            final = MAEForPreTraining(config)
+            final.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model"))
+    elif accelerator.is_main_process:
+        final = accelerator.unwrap_model(model).float()
+    if final is not None:
+        staging = output_dir / ".model.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        final.save_pretrained(staging, safe_serialization=True)
+        for item in staging.iterdir():  # config first, weights last: a model file means a complete save
+            item.replace(output_dir / item.name)
+        staging.rmdir()
+    accelerator.wait_for_everyone()
+    return final
+
+
+def write_reconstruction(model: MAEForPreTraining, data: Path, resolution: int, count: int,
+                         path: Path) -> np.ndarray:
+    """Grid of the first ``count`` images of ``data`` (centre crops): original | masked | reconstructions."""
+    from ..data.loader import eval_loader
+    from .visualize import reconstruction_grid, save_png
+
+    total = check_beton(data)
+    spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()  # across classes
+    loader = eval_loader(data, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread)
+    images, _ = next(iter(loader))
+    picture = reconstruction_grid(model.float().cpu(), images)
+    save_png(picture, path)
+    return picture
+
