@@ -24,6 +24,10 @@ def _write_dataset(args: argparse.Namespace) -> None:
     summary = write_beton(resolve_source(args.source), args.output, settings, overwrite=args.overwrite)
     print(f"wrote {summary['count']} images in {len(summary['classes'])} classes to {args.output} "
           f"({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']} s); summary: {args.output}.json")
+    for item in summary["skipped"]:
+        print(f"skipped {item['file']}: {item['reason']}")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} unreadable image(s) (listed in {args.output}.json)")
 
 
 def _pretrain(args: argparse.Namespace) -> None:

@@ -44,6 +44,48 @@ class WriteSettings:
             raise UsageError(f"--num-workers {self.num_workers}: must be at least 1")
 
 
+MIN_SIDE = 8  # smaller images are skipped: no crop of them is worth training on
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL image as an HWC uint8 RGB array: 16-bit and float scaled to 8 bits, alpha composited on
+    white, CMYK/palette/grayscale converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode != "F" or array.max() > 1.0 else 1.0
+        gray = np.clip(array / high * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
+def probe_image(path: Path) -> str | None:
+    """Why ``path`` cannot be written (unreadable, truncated, too small), or None when it can.
+
+    JPEGs are decoded at 1/8 scale (DCT scaling): every entropy-coded byte is still read, so corrupt and
+    truncated files fail here, at a fraction of a full decode's cost.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if min(width, height) < MIN_SIDE:
+                return f"too small ({width}x{height}, minimum side {MIN_SIDE})"
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            image.load()
+    except Exception as err:  # PIL raises many types for bad files
+        return f"unreadable: {type(err).__name__}: {err}"
+    return None
+
+
 @dataclass
 class ImageSource:
     """An indexable source of ``(HWC uint8 RGB array, label)`` samples, as FFCV's writer reads them."""
@@ -53,6 +95,7 @@ class ImageSource:
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     arrays: list[np.ndarray] | None = None  # in-memory images (embedded set) instead of paths
+    skipped: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,12 +103,22 @@ class ImageSource:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         if self.arrays is not None:
             return self.arrays[index], self.labels[index]
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB")), self.labels[index]
-        except Exception as err:  # PIL raises many types; name the file whatever it was
-            raise RuntimeError(f"{path}: cannot decode image ({err})") from err
+        return load_rgb(self.paths[index]), self.labels[index]
+
+    def drop_unreadable(self, num_workers: int) -> None:
+        """Probe every file (in parallel) and keep only the writable ones; the rest go to ``skipped``.
+        FFCV's writer hangs when a worker raises, so nothing that can fail may reach it."""
+        if self.arrays is not None:
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            reasons = list(pool.map(probe_image, self.paths, chunksize=64))
+        keep = [i for i, reason in enumerate(reasons) if reason is None]
+        self.skipped += [{"file": str(self.paths[i]), "reason": reasons[i]}
+                         for i in range(len(reasons)) if reasons[i] is not None]
+        self.paths = [self.paths[i] for i in keep]
+        self.labels = [self.labels[i] for i in keep]
 
 
 def image_folder_source(root: Path) -> ImageSource:
@@ -105,8 +158,8 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise UsageError(f"--output {output}: the file name must end in .beton")
     if output.exists() and not overwrite:
         raise UsageError(f"--output {output}: already exists (pass --overwrite to replace it)")
-    if not output.parent.exists():
-        raise UsageError(f"--output {output}: directory {output.parent} does not exist")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise UsageError(f"--output {output}: {output.parent} is not a directory")
 
 
 def write_beton(source: ImageSource, output: Path, settings: WriteSettings, overwrite: bool = False) -> dict:
@@ -116,6 +169,11 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
 
     settings.validate()
     check_output(output, overwrite)
+    source.drop_unreadable(settings.num_workers)
+    if len(source) == 0:
+        raise UsageError(f"--source {source.name}: none of the images can be read "
+                         f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})")
+    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     fields = {
         "image": RGBImageField(write_mode=settings.write_mode, max_resolution=settings.max_resolution,
@@ -134,6 +192,7 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         "source": source.name,
         "count": len(source),
         "classes": source.classes,
+        "skipped": source.skipped,
         "settings": asdict(settings),
         "bytes": output.stat().st_size,
         "seconds": round(time.perf_counter() - start, 2),

@@ -1,0 +1,45 @@
+"""Shared fixtures: real JPEG files cut from the photos in scikit-image's wheel, and real .beton files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def jpeg_folder(tmp_path_factory) -> Path:
+    """An ImageFolder tree of real JPEGs: 2 classes, odd sizes, quality 95."""
+    from mae_trainer.data.demo import load_photo
+
+    root = tmp_path_factory.mktemp("jpegs")
+    sizes = [(97, 131), (160, 120), (203, 150), (64, 64), (250, 181), (121, 199)]
+    for label, name in enumerate(["chelsea.png", "coffee.png"]):
+        photo = load_photo(name)
+        (root / f"class_{label}").mkdir()
+        for i, size in enumerate(sizes):
+            crop = photo.crop((i * 13, i * 7, i * 13 + 300, i * 7 + 280)).resize(size)
+            crop.save(root / f"class_{label}" / f"img_{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_beton(tmp_path_factory) -> Path:
+    """The embedded demo set written once per session."""
+    from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
+
+    path = tmp_path_factory.mktemp("beton") / "demo.beton"
+    write_beton(embedded_source(), path, WriteSettings(max_resolution=128, write_mode="jpg"))
+    return path
+
+
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``mae-trainer`` console script in a fresh process."""
+    return subprocess.run([str(BIN / "mae-trainer"), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, **(env or {})})

@@ -1,0 +1,76 @@
+"""Bad input: one line naming the flag or file, non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import run_cli
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mae-trainer: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "run"
+
+
+def pretrain(data, out, *extra):
+    return run_cli("pretrain", "--data", str(data), "--model", "tiny", "--resolution", "64", "--epochs", "1",
+                   "--warmup-epochs", "0", "--output-dir", str(out), *extra)
+
+
+def test_missing_data_path(tmp_path, out):
+    result = pretrain(tmp_path / "nope.beton", out)
+    assert_one_line_error(result, "--data", "nope.beton", "no such file")
+    assert not out.exists()
+
+
+def test_file_that_is_not_a_beton(tmp_path, out):
+    bogus = tmp_path / "photo.beton"
+    bogus.write_bytes(b"\xff\xd8\xff\xe0 definitely a jpeg header" * 10)
+    assert_one_line_error(pretrain(bogus, out), "--data", "photo.beton", "not an FFCV .beton file")
+    assert not out.exists()
+
+
+def test_resolution_not_a_multiple_of_the_patch(demo_beton, out):
+    result = pretrain(demo_beton, out, "--resolution", "100")
+    assert_one_line_error(result, "--resolution 100", "multiple of the patch size 16")
+    assert not out.exists()
+
+
+def test_unknown_model_preset(demo_beton, out):
+    result = run_cli("pretrain", "--data", str(demo_beton), "--model", "gigantic", "--output-dir", str(out))
+    assert_one_line_error(result, "--model 'gigantic'", "tiny, small, base, large, huge")
+    assert not out.exists()
+
+
+def test_write_dataset_errors(tmp_path, jpeg_folder):
+    assert_one_line_error(run_cli("write-dataset", "--source", str(tmp_path / "none"), "--output",
+                                  str(tmp_path / "x.beton")), "--source", "no such directory")
+    assert_one_line_error(run_cli("write-dataset", "--source", str(jpeg_folder), "--output",
+                                  str(tmp_path / "x.ffcv")), "--output", "must end in .beton")
+    existing = tmp_path / "kept.beton"
+    existing.write_bytes(b"old")
+    assert_one_line_error(run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(existing)),
+                          "--output", "already exists", "--overwrite")
+    assert existing.read_bytes() == b"old"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_cli("write-dataset", "--source", str(empty), "--output", str(tmp_path / "e.beton")),
+                          "no images found")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kept.beton"]
+
+
+def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
+    result = run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(tmp_path / "ok.beton"),
+                     "--write-mode", "jpg", "--max-resolution", "96", "--jpeg-quality", "85")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 12 images in 2 classes" in result.stdout
+    assert (tmp_path / "ok.beton").exists() and (tmp_path / "ok.beton.json").exists()

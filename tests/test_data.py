@@ -1,0 +1,136 @@
+"""Writing real JPEGs to .beton and reading them back through FFCV's own decoders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mae_trainer.data.loader import check_beton, set_resolution, train_loader
+from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+from mae_trainer.errors import UsageError
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def same_size_folder(tmp_path_factory):
+    """Real JPEGs of one size (FFCV's SimpleRGBImageDecoder reads only constant-size images)."""
+    from mae_trainer.data.demo import load_photo
+
+    root = tmp_path_factory.mktemp("same")
+    for label, name in enumerate(["astronaut.png", "rocket.jpg"]):
+        (root / name.split(".")[0]).mkdir()
+        photo = load_photo(name)
+        for i in range(3):
+            photo.crop((i * 40, i * 30, i * 40 + 240, i * 30 + 180)).resize((160, 120)).save(
+                root / name.split(".")[0] / f"{i}.jpg", quality=92)
+    return root
+
+
+def read_all(path, count):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    loader = Loader(str(path), batch_size=count, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder(), ToTensor()]})
+    images, labels = next(iter(loader))
+    return images, labels.view(-1).tolist()
+
+
+def source_pixels(folder):
+    source = image_folder_source(folder)
+    return [np.asarray(Image.open(p).convert("RGB")) for p in source.paths], source.labels
+
+
+def test_raw_mode_stores_the_pil_decode_exactly(same_size_folder, tmp_path):
+    out = tmp_path / "raw.beton"
+    write_beton(image_folder_source(same_size_folder), out, WriteSettings(write_mode="raw", num_workers=1))
+    images, labels = read_all(out, 6)
+    expected, expected_labels = source_pixels(same_size_folder)
+    assert labels == expected_labels == [0, 0, 0, 1, 1, 1]
+    for got, want in zip(images, expected):
+        assert np.array_equal(got, want)
+
+
+def test_jpg_mode_is_close_to_the_pil_decode(same_size_folder, tmp_path):
+    out = tmp_path / "jpg.beton"
+    write_beton(image_folder_source(same_size_folder), out,
+                WriteSettings(write_mode="jpg", jpeg_quality=95, num_workers=2))
+    images, _ = read_all(out, 6)
+    expected, _ = source_pixels(same_size_folder)
+    scores = [psnr(got, want) for got, want in zip(images, expected)]
+    assert min(scores) > 33, scores  # one extra JPEG generation at quality 95
+    assert not any(np.array_equal(got, want) for got, want in zip(images, expected))  # it really re-encoded
+
+
+def test_max_resolution_and_sidecar(jpeg_folder, tmp_path):
+    from ffcv.reader import Reader
+
+    out = tmp_path / "small.beton"
+    summary = write_beton(image_folder_source(jpeg_folder), out, WriteSettings(max_resolution=128, num_workers=2))
+    meta = Reader(str(out)).metadata["f0"]
+    sizes = [Image.open(p).size for p in image_folder_source(jpeg_folder).paths]
+    for (w, h), width, height in zip(sizes, meta["width"], meta["height"]):
+        assert max(width, height) == min(128, max(w, h))
+        assert abs(width / height - w / h) < 0.05
+    sidecar = json.loads((tmp_path / "small.beton.json").read_text())
+    assert sidecar == summary and sidecar["count"] == 12 and sidecar["classes"] == ["class_0", "class_1"]
+    assert sidecar["settings"]["max_resolution"] == 128 and sidecar["skipped"] == []
+    assert check_beton(out) == 12
+
+
+def test_unreadable_images_are_skipped_and_listed(jpeg_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(jpeg_folder, folder)
+    (folder / "class_0" / "garbage.jpg").write_bytes(b"this is not an image")
+    whole = (folder / "class_1" / "img_0.jpg").read_bytes()
+    (folder / "class_1" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "mixed.beton"
+    summary = write_beton(image_folder_source(folder), out, WriteSettings(num_workers=2))
+    assert summary["count"] == 12
+    assert sorted(item["file"].rsplit("/", 1)[1] for item in summary["skipped"]) == ["garbage.jpg", "truncated.jpg"]
+    assert all(item["reason"].startswith("unreadable") for item in summary["skipped"])
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_existing_output_is_not_overwritten(jpeg_folder, tmp_path):
+    out = tmp_path / "keep.beton"
+    out.write_bytes(b"precious")
+    with pytest.raises(UsageError, match="already exists"):
+        write_beton(image_folder_source(jpeg_folder), out, WriteSettings())
+    assert out.read_bytes() == b"precious"
+
+
+def test_train_loader_yields_uint8_crops_and_changes_resolution(demo_beton):
+    loader = train_loader(demo_beton, batch_size=16, resolution=64, num_workers=2, seed=3)
+    first = [(x.clone(), y.clone()) for x, y in loader]
+    assert len(first) == 512 // 16
+    images, labels = first[0]
+    assert images.dtype == torch.uint8 and images.shape == (16, 3, 64, 64)
+    assert labels.dtype == torch.int64 and labels.shape == (16,) and 0 <= labels.min() and labels.max() < 16
+    assert images.float().std() > 10  # real pixels, not a constant
+    set_resolution(loader, 96)
+    second = next(iter(loader))
+    assert second[0].shape == (16, 3, 96, 96)
+    all_labels = torch.cat([y for _, y in first])
+    assert sorted(all_labels.tolist()) == sorted(np.repeat(np.arange(16), 32).tolist())  # each image once
+
+
+def test_check_beton_rejects_other_files(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        check_beton(tmp_path / "missing.beton")
+    fake = tmp_path / "fake.beton"
+    fake.write_bytes(b"\x00" * 100)
+    with pytest.raises(UsageError, match="not an FFCV .beton file"):
+        check_beton(fake)
