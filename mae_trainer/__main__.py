@@ -1,4 +1,4 @@
-"""``python -m mae_trainer ...`` (what ``accelerate launch -m mae_trainer`` runs) is the ``mae-trainer`` CLI."""
+"""``python -m mae_trainer`` (what ``accelerate launch -m mae_trainer`` runs) is the ``mae-trainer`` CLI."""
 
 from .cli import main
 

@@ -16,14 +16,20 @@ from .errors import UsageError
 def _write_dataset(args: argparse.Namespace) -> None:
     from .data.write import WriteSettings, check_output, resolve_source, write_beton
 
-    settings = WriteSettings(max_resolution=args.max_resolution, write_mode=args.write_mode,
-                             jpeg_quality=args.jpeg_quality, smart_threshold=args.smart_threshold,
-                             num_workers=args.num_workers)
+    settings = WriteSettings(
+        max_resolution=args.max_resolution,
+        write_mode=args.write_mode,
+        jpeg_quality=args.jpeg_quality,
+        smart_threshold=args.smart_threshold,
+        num_workers=args.num_workers,
+    )
     settings.validate()
     check_output(args.output, args.overwrite)  # before reading any image
     summary = write_beton(resolve_source(args.source), args.output, settings, overwrite=args.overwrite)
-    print(f"wrote {summary['count']} images in {len(summary['classes'])} classes to {args.output} "
-          f"({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']} s); summary: {args.output}.json")
+    print(
+        f"wrote {summary['count']} images in {len(summary['classes'])} classes to {args.output} "
+        f"({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']} s); summary: {args.output}.json"
+    )
     for item in summary["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}")
     if summary["skipped"]:
@@ -47,7 +53,9 @@ def _reconstruct(args: argparse.Namespace) -> None:
     model = MAEForPreTraining.from_pretrained(args.model)
     resolution = args.resolution or model.config.image_size
     if resolution % model.config.patch_size:
-        raise UsageError(f"--resolution {resolution}: not a multiple of the patch size {model.config.patch_size}")
+        raise UsageError(
+            f"--resolution {resolution}: not a multiple of the patch size {model.config.patch_size}"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_reconstruction(model, args.data, resolution, args.count, args.output)
     print(f"reconstruction grid: {args.output}")
@@ -59,19 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    write = commands.add_parser("write-dataset", help="write an ImageFolder tree or the embedded set to .beton")
-    write.add_argument("--source", required=True, help="ImageFolder directory, or 'embedded' for the demo set")
+    write = commands.add_parser(
+        "write-dataset", help="write an ImageFolder tree or the embedded set to .beton"
+    )
+    write.add_argument(
+        "--source", required=True, help="ImageFolder directory, or 'embedded' for the demo set"
+    )
     write.add_argument("--output", type=Path, required=True, help="the .beton file to write")
     write.add_argument("--max-resolution", type=int, default=256, help="longest side stored (resized down)")
     write.add_argument("--write-mode", default="smart", help="smart | jpg | raw")
     write.add_argument("--jpeg-quality", type=int, default=90)
-    write.add_argument("--smart-threshold", type=int, default=3 * 256 * 256,
-                       help="smart mode: store as JPEG when the raw image exceeds this many bytes")
+    write.add_argument(
+        "--smart-threshold",
+        type=int,
+        default=3 * 256 * 256,
+        help="smart mode: store as JPEG when the raw image exceeds this many bytes",
+    )
     write.add_argument("--num-workers", type=int, default=2)
     write.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     write.set_defaults(func=_write_dataset)
 
-    train = commands.add_parser("pretrain", help="pre-train an MAE (run under accelerate launch to distribute)")
+    train = commands.add_parser(
+        "pretrain", help="pre-train an MAE (run under accelerate launch to distribute)"
+    )
     pretrain.add_arguments(train)
     train.set_defaults(func=_pretrain)
 

@@ -41,5 +41,11 @@ def demo_beton(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``mae-trainer`` console script in a fresh process."""
-    return subprocess.run([str(BIN / "mae-trainer"), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(BIN / "mae-trainer"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )

@@ -22,8 +22,22 @@ def out(tmp_path):
 
 
 def pretrain(data, out, *extra):
-    return run_cli("pretrain", "--data", str(data), "--model", "tiny", "--resolution", "64", "--epochs", "1",
-                   "--warmup-epochs", "0", "--output-dir", str(out), *extra)
+    return run_cli(
+        "pretrain",
+        "--data",
+        str(data),
+        "--model",
+        "tiny",
+        "--resolution",
+        "64",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--output-dir",
+        str(out),
+        *extra,
+    )
 
 
 def test_missing_data_path(tmp_path, out):
@@ -52,25 +66,48 @@ def test_unknown_model_preset(demo_beton, out):
 
 
 def test_write_dataset_errors(tmp_path, jpeg_folder):
-    assert_one_line_error(run_cli("write-dataset", "--source", str(tmp_path / "none"), "--output",
-                                  str(tmp_path / "x.beton")), "--source", "no such directory")
-    assert_one_line_error(run_cli("write-dataset", "--source", str(jpeg_folder), "--output",
-                                  str(tmp_path / "x.ffcv")), "--output", "must end in .beton")
+    assert_one_line_error(
+        run_cli("write-dataset", "--source", str(tmp_path / "none"), "--output", str(tmp_path / "x.beton")),
+        "--source",
+        "no such directory",
+    )
+    assert_one_line_error(
+        run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(tmp_path / "x.ffcv")),
+        "--output",
+        "must end in .beton",
+    )
     existing = tmp_path / "kept.beton"
     existing.write_bytes(b"old")
-    assert_one_line_error(run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(existing)),
-                          "--output", "already exists", "--overwrite")
+    assert_one_line_error(
+        run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(existing)),
+        "--output",
+        "already exists",
+        "--overwrite",
+    )
     assert existing.read_bytes() == b"old"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(run_cli("write-dataset", "--source", str(empty), "--output", str(tmp_path / "e.beton")),
-                          "no images found")
+    assert_one_line_error(
+        run_cli("write-dataset", "--source", str(empty), "--output", str(tmp_path / "e.beton")),
+        "no images found",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kept.beton"]
 
 
 def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
-    result = run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(tmp_path / "ok.beton"),
-                     "--write-mode", "jpg", "--max-resolution", "96", "--jpeg-quality", "85")
+    result = run_cli(
+        "write-dataset",
+        "--source",
+        str(jpeg_folder),
+        "--output",
+        str(tmp_path / "ok.beton"),
+        "--write-mode",
+        "jpg",
+        "--max-resolution",
+        "96",
+        "--jpeg-quality",
+        "85",
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 12 images in 2 classes" in result.stdout
     assert (tmp_path / "ok.beton").exists() and (tmp_path / "ok.beton.json").exists()

@@ -25,12 +25,13 @@ def same_size_folder(tmp_path_factory):
     from mae_trainer.data.demo import load_photo
 
     root = tmp_path_factory.mktemp("same")
-    for label, name in enumerate(["astronaut.png", "rocket.jpg"]):
+    for name in ["astronaut.png", "rocket.jpg"]:
         (root / name.split(".")[0]).mkdir()
         photo = load_photo(name)
         for i in range(3):
             photo.crop((i * 40, i * 30, i * 40 + 240, i * 30 + 180)).resize((160, 120)).save(
-                root / name.split(".")[0] / f"{i}.jpg", quality=92)
+                root / name.split(".")[0] / f"{i}.jpg", quality=92
+            )
     return root
 
 
@@ -40,8 +41,14 @@ def read_all(path, count):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToTensor
 
-    loader = Loader(str(path), batch_size=count, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder(), ToTensor()]})
+    loader = Loader(
+        str(path),
+        batch_size=count,
+        num_workers=1,
+        order=OrderOption.SEQUENTIAL,
+        drop_last=False,
+        pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder(), ToTensor()]},
+    )
     images, labels = next(iter(loader))
     return images, labels.view(-1).tolist()
 
@@ -63,8 +70,11 @@ def test_raw_mode_stores_the_pil_decode_exactly(same_size_folder, tmp_path):
 
 def test_jpg_mode_is_close_to_the_pil_decode(same_size_folder, tmp_path):
     out = tmp_path / "jpg.beton"
-    write_beton(image_folder_source(same_size_folder), out,
-                WriteSettings(write_mode="jpg", jpeg_quality=95, num_workers=2))
+    write_beton(
+        image_folder_source(same_size_folder),
+        out,
+        WriteSettings(write_mode="jpg", jpeg_quality=95, num_workers=2),
+    )
     images, _ = read_all(out, 6)
     expected, _ = source_pixels(same_size_folder)
     scores = [psnr(got, want) for got, want in zip(images, expected)]
@@ -76,7 +86,9 @@ def test_max_resolution_and_sidecar(jpeg_folder, tmp_path):
     from ffcv.reader import Reader
 
     out = tmp_path / "small.beton"
-    summary = write_beton(image_folder_source(jpeg_folder), out, WriteSettings(max_resolution=128, num_workers=2))
+    summary = write_beton(
+        image_folder_source(jpeg_folder), out, WriteSettings(max_resolution=128, num_workers=2)
+    )
     meta = Reader(str(out)).metadata["f0"]
     sizes = [Image.open(p).size for p in image_folder_source(jpeg_folder).paths]
     for (w, h), width, height in zip(sizes, meta["width"], meta["height"]):
@@ -99,7 +111,10 @@ def test_unreadable_images_are_skipped_and_listed(jpeg_folder, tmp_path):
     out = tmp_path / "mixed.beton"
     summary = write_beton(image_folder_source(folder), out, WriteSettings(num_workers=2))
     assert summary["count"] == 12
-    assert sorted(item["file"].rsplit("/", 1)[1] for item in summary["skipped"]) == ["garbage.jpg", "truncated.jpg"]
+    assert sorted(item["file"].rsplit("/", 1)[1] for item in summary["skipped"]) == [
+        "garbage.jpg",
+        "truncated.jpg",
+    ]
     assert all(item["reason"].startswith("unreadable") for item in summary["skipped"])
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
@@ -132,5 +147,5 @@ def test_check_beton_rejects_other_files(tmp_path):
         check_beton(tmp_path / "missing.beton")
     fake = tmp_path / "fake.beton"
     fake.write_bytes(b"\x00" * 100)
-    with pytest.raises(UsageError, match="not an FFCV .beton file"):
+    with pytest.raises(UsageError, match=r"not an FFCV \.beton file"):
         check_beton(fake)

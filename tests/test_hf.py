@@ -46,7 +46,9 @@ def test_auto_classes(tmp_path):
 
 def test_import_registers_auto_classes_in_a_fresh_process(tmp_path):
     MAEForPreTraining(MAEConfig.from_preset("tiny", image_size=32)).save_pretrained(tmp_path)
-    code = ("import mae_trainer, transformers as t; "
-            f"m = t.AutoModel.from_pretrained({str(tmp_path)!r}); print(type(m).__name__)")
+    code = (
+        "import mae_trainer, transformers as t; "
+        f"m = t.AutoModel.from_pretrained({str(tmp_path)!r}); print(type(m).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("MAEModel")

@@ -8,8 +8,16 @@ import torch
 from mae_trainer import MAEConfig, MAEForPreTraining, MAEModel
 from mae_trainer.modeling import sincos_pos_embed_2d
 
-SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, decoder_hidden_size=32,
-             decoder_num_hidden_layers=1, decoder_num_attention_heads=4, image_size=64, patch_size=16)
+SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    decoder_hidden_size=32,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=4,
+    image_size=64,
+    patch_size=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +29,17 @@ def model() -> MAEForPreTraining:
 def test_presets_match_the_reference_shapes():
     base = MAEConfig.from_preset("base")
     assert (base.hidden_size, base.num_hidden_layers, base.num_attention_heads) == (768, 12, 12)
-    assert (base.decoder_hidden_size, base.decoder_num_hidden_layers, base.decoder_num_attention_heads) == (512, 8, 16)
-    assert (base.patch_size, base.mask_ratio, base.norm_pix_loss, base.layer_norm_eps) == (16, 0.75, True, 1e-6)
+    assert (base.decoder_hidden_size, base.decoder_num_hidden_layers, base.decoder_num_attention_heads) == (
+        512,
+        8,
+        16,
+    )
+    assert (base.patch_size, base.mask_ratio, base.norm_pix_loss, base.layer_norm_eps) == (
+        16,
+        0.75,
+        True,
+        1e-6,
+    )
     params = sum(p.numel() for p in MAEModel(base).parameters())
     assert 85e6 < params < 87e6  # ViT-B/16 encoder: 85.8M without the fixed position table
     with pytest.raises(ValueError, match="unknown model preset 'giant'"):
@@ -92,10 +109,18 @@ def test_sincos_table_is_exact_for_each_grid():
     assert table.shape == (1, 7, 8) and torch.equal(table[0, 0], torch.zeros(8))
     # patch (row 1, col 2): first half encodes the column, second half the row; omega = [1, 1/100]
     row, col = 1.0, 2.0
-    expected = torch.tensor([torch.sin(torch.tensor(col)), torch.sin(torch.tensor(col / 100)),
-                             torch.cos(torch.tensor(col)), torch.cos(torch.tensor(col / 100)),
-                             torch.sin(torch.tensor(row)), torch.sin(torch.tensor(row / 100)),
-                             torch.cos(torch.tensor(row)), torch.cos(torch.tensor(row / 100))])
+    expected = torch.tensor(
+        [
+            torch.sin(torch.tensor(col)),
+            torch.sin(torch.tensor(col / 100)),
+            torch.cos(torch.tensor(col)),
+            torch.cos(torch.tensor(col / 100)),
+            torch.sin(torch.tensor(row)),
+            torch.sin(torch.tensor(row / 100)),
+            torch.cos(torch.tensor(row)),
+            torch.cos(torch.tensor(row / 100)),
+        ]
+    )
     assert torch.allclose(table[0, 1 + 1 * 3 + 2], expected, atol=1e-7)
 
 

@@ -1,5 +1,6 @@
 """The learning-rate schedule is a pure function of the step."""
 
+import itertools
 import math
 
 import pytest
@@ -19,8 +20,9 @@ def test_warmup_then_half_cosine():
     assert warmup_cosine_lr(55, total, warmup, peak) == pytest.approx(0.5)
     assert warmup_cosine_lr(100, total, warmup, peak, min_lr=0.1) == pytest.approx(0.1)
     values = [warmup_cosine_lr(s, total, warmup, peak) for s in range(total + 1)]
-    assert all(a <= b for a, b in zip(values[:warmup], values[1 : warmup + 1]))
-    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1 :]))
+    pairs = list(itertools.pairwise(values))
+    assert all(a <= b for a, b in pairs[:warmup])
+    assert all(a >= b for a, b in pairs[warmup:])
     mid = warmup_cosine_lr(32, total, warmup, peak)
     assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 90)))
 

@@ -14,9 +14,22 @@ from PIL import Image
 
 # Real photographs in skimage/data (colour first; the grayscale ones are converted to RGB).
 PHOTOS = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
-    "motorcycle_left.png", "retina.jpg", "camera.png", "coins.png", "moon.png", "brick.png", "grass.png",
-    "gravel.png", "text.png", "page.png",
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "text.png",
+    "page.png",
 )
 
 
@@ -35,8 +48,9 @@ def load_photo(name: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def demo_samples(per_photo: int = 32, min_side: int = 112, max_side: int = 192,
-                 seed: int = 0) -> Iterator[tuple[Image.Image, int]]:
+def demo_samples(
+    per_photo: int = 32, min_side: int = 112, max_side: int = 192, seed: int = 0
+) -> Iterator[tuple[Image.Image, int]]:
     """Yield ``(image, label)``: ``per_photo`` random crops (10–60 % of the area, aspect 3/4–4/3) of each
     photo, resized so the short side is in ``[min_side, max_side]``. Label = index of the photo."""
     rng = np.random.default_rng(seed)

@@ -33,8 +33,18 @@ def check_beton(path: Path, flag: str = "--data") -> int:
     return int(reader.num_samples)
 
 
-def train_loader(path: Path, batch_size: int, resolution: int, *, num_workers: int = 2, distributed: bool = False,
-                 seed: int = 0, os_cache: bool = True, batches_ahead: int = 2, drop_last: bool = True):
+def train_loader(
+    path: Path,
+    batch_size: int,
+    resolution: int,
+    *,
+    num_workers: int = 2,
+    distributed: bool = False,
+    seed: int = 0,
+    os_cache: bool = True,
+    batches_ahead: int = 2,
+    drop_last: bool = True,
+):
     """Random order, RandomResizedCrop (scale 0.2–1, ratio 3/4–4/3) to ``resolution`` and horizontal flip.
 
     Yields ``(images uint8 (B, 3, R, R), labels int64 (B,))`` on the CPU. The crop size can be changed
@@ -50,13 +60,29 @@ def train_loader(path: Path, batch_size: int, resolution: int, *, num_workers: i
         "image": [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage(channels_last=False)],
         "label": [IntDecoder(), ToTensor(), Squeeze()],
     }
-    return Loader(str(path), batch_size=batch_size, num_workers=num_workers, order=OrderOption.RANDOM,
-                  distributed=distributed, seed=seed, os_cache=os_cache, batches_ahead=batches_ahead,
-                  drop_last=drop_last, pipelines=pipelines)
+    return Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.RANDOM,
+        distributed=distributed,
+        seed=seed,
+        os_cache=os_cache,
+        batches_ahead=batches_ahead,
+        drop_last=drop_last,
+        pipelines=pipelines,
+    )
 
 
-def eval_loader(path: Path, batch_size: int, resolution: int, *, num_workers: int = 1, crop_ratio: float = 1.0,
-                indices: list[int] | None = None):
+def eval_loader(
+    path: Path,
+    batch_size: int,
+    resolution: int,
+    *,
+    num_workers: int = 1,
+    crop_ratio: float = 1.0,
+    indices: list[int] | None = None,
+):
     """Sequential order, centre crop (``crop_ratio`` of the short side) resized to ``resolution``."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
@@ -64,12 +90,22 @@ def eval_loader(path: Path, batch_size: int, resolution: int, *, num_workers: in
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
     pipelines = {
-        "image": [CenterCropRGBImageDecoder((resolution, resolution), ratio=crop_ratio), ToTensor(),
-                  ToTorchImage(channels_last=False)],
+        "image": [
+            CenterCropRGBImageDecoder((resolution, resolution), ratio=crop_ratio),
+            ToTensor(),
+            ToTorchImage(channels_last=False),
+        ],
         "label": [IntDecoder(), ToTensor(), Squeeze()],
     }
-    return Loader(str(path), batch_size=batch_size, num_workers=num_workers, order=OrderOption.SEQUENTIAL,
-                  drop_last=False, pipelines=pipelines, indices=indices)
+    return Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.SEQUENTIAL,
+        drop_last=False,
+        pipelines=pipelines,
+        indices=indices,
+    )
 
 
 def set_resolution(loader, resolution: int) -> None:
@@ -78,7 +114,9 @@ def set_resolution(loader, resolution: int) -> None:
     decoder.output_size = (resolution, resolution)
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """uint8 ``(B, C, H, W)`` → normalised float on the images' device: ``(x/255 - mean) / std``."""
     x = images.float().div_(255.0)
     return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1)).to(dtype)

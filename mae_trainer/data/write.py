@@ -115,8 +115,11 @@ class ImageSource:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
             reasons = list(pool.map(probe_image, self.paths, chunksize=64))
         keep = [i for i, reason in enumerate(reasons) if reason is None]
-        self.skipped += [{"file": str(self.paths[i]), "reason": reasons[i]}
-                         for i in range(len(reasons)) if reasons[i] is not None]
+        self.skipped += [
+            {"file": str(self.paths[i]), "reason": reasons[i]}
+            for i in range(len(reasons))
+            if reasons[i] is not None
+        ]
         self.paths = [self.paths[i] for i in keep]
         self.labels = [self.labels[i] for i in keep]
 
@@ -171,13 +174,19 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
     check_output(output, overwrite)
     source.drop_unreadable(settings.num_workers)
     if len(source) == 0:
-        raise UsageError(f"--source {source.name}: none of the images can be read "
-                         f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})")
+        raise UsageError(
+            f"--source {source.name}: none of the images can be read "
+            f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     fields = {
-        "image": RGBImageField(write_mode=settings.write_mode, max_resolution=settings.max_resolution,
-                               jpeg_quality=settings.jpeg_quality, smart_threshold=settings.smart_threshold),
+        "image": RGBImageField(
+            write_mode=settings.write_mode,
+            max_resolution=settings.max_resolution,
+            jpeg_quality=settings.jpeg_quality,
+            smart_threshold=settings.smart_threshold,
+        ),
         "label": IntField(),
     }
     start = time.perf_counter()
@@ -205,4 +214,3 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
 def read_summary(path: Path) -> dict | None:
     sidecar = path.with_name(path.name + ".json")
     return json.loads(sidecar.read_text()) if sidecar.exists() else None
-

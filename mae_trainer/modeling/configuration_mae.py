@@ -7,16 +7,47 @@ from transformers import PretrainedConfig
 # Encoder/decoder shapes. base/large/huge are the reference MAE (facebookresearch/mae models_mae.py);
 # tiny/small follow DeiT widths with a decoder scaled down so CPU demos stay fast.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                 decoder_hidden_size=128, decoder_num_hidden_layers=4, decoder_num_attention_heads=4),
-    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                  decoder_hidden_size=256, decoder_num_hidden_layers=4, decoder_num_attention_heads=8),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                  decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16),
-    "huge": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
-                 decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16),
+    "tiny": dict(
+        hidden_size=192,
+        num_hidden_layers=12,
+        num_attention_heads=3,
+        decoder_hidden_size=128,
+        decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=4,
+    ),
+    "small": dict(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        decoder_hidden_size=256,
+        decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=8,
+    ),
+    "base": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+    ),
+    "large": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+    ),
+    "huge": dict(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        patch_size=14,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+    ),
 }
 
 
@@ -84,13 +115,19 @@ class MAEConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
         if self.decoder_hidden_size % self.decoder_num_attention_heads:
-            raise ValueError(f"decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
-                             f"decoder_num_attention_heads={self.decoder_num_attention_heads}")
+            raise ValueError(
+                f"decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
+                f"decoder_num_attention_heads={self.decoder_num_attention_heads}"
+            )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
 

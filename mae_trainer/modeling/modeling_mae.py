@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -32,8 +31,9 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = Tr
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
-                                torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
 
     def encode(pos: torch.Tensor) -> torch.Tensor:
         angles = pos.reshape(-1, 1) * omega
@@ -162,12 +162,17 @@ class MAEModel(MAEPreTrainedModel):
     def __init__(self, config: MAEConfig):
         super().__init__(config)
         self.patch_embed = PatchEmbed(
-            img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels,
-            embed_dim=config.hidden_size, strict_img_size=False,
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            embed_dim=config.hidden_size,
+            strict_img_size=False,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.pos_embed = PositionTable(config.hidden_size)
-        self.blocks = _blocks(config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
+        self.blocks = _blocks(
+            config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+        )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
@@ -225,7 +230,9 @@ class MAEDecoder(nn.Module):
         self.decoder_embed = nn.Linear(config.hidden_size, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = PositionTable(width)
-        self.blocks = _blocks(config, width, config.decoder_num_hidden_layers, config.decoder_num_attention_heads)
+        self.blocks = _blocks(
+            config, width, config.decoder_num_hidden_layers, config.decoder_num_attention_heads
+        )
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.pred = nn.Linear(width, config.patch_size**2 * config.num_channels)
         self.gradient_checkpointing = False
@@ -275,8 +282,9 @@ class MAEForPreTraining(MAEPreTrainedModel):
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 
-    def reconstruction_loss(self, pixel_values: torch.Tensor, logits: torch.Tensor,
-                            mask: torch.Tensor) -> torch.Tensor:
+    def reconstruction_loss(
+        self, pixel_values: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Mean squared error per patch, averaged over the masked patches only (computed in fp32)."""
         per_patch = (logits.float() - self.target_patches(pixel_values)).pow(2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
@@ -301,6 +309,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
         encoded = self.mae(pixel_values, noise=noise, mask_ratio=mask_ratio)
         logits = self.decoder(encoded.last_hidden_state, encoded.ids_restore, grid)
         loss = self.reconstruction_loss(pixel_values, logits, encoded.mask)
-        out = MAEForPreTrainingOutput(loss=loss, logits=logits, mask=encoded.mask,
-                                      ids_restore=encoded.ids_restore)
+        out = MAEForPreTrainingOutput(
+            loss=loss, logits=logits, mask=encoded.mask, ids_restore=encoded.ids_restore
+        )
         return out if return_dict is not False else out.to_tuple()

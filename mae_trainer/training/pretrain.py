@@ -26,12 +26,16 @@ from .schedules import scaled_lr, warmup_cosine_lr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, required=True, help="training .beton (mae-trainer write-dataset)")
-    data.add_argument("--resolution", type=int, default=224, help="crop side in pixels (multiple of the patch)")
+    data.add_argument(
+        "--resolution", type=int, default=224, help="crop side in pixels (multiple of the patch)"
+    )
     data.add_argument("--num-workers", type=int, default=8, help="FFCV decode threads per process")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="base", help=f"preset: {', '.join(PRESETS)}")
     model.add_argument("--mask-ratio", type=float, default=0.75)
-    model.add_argument("--no-norm-pix-loss", action="store_true", help="regress raw (not per-patch normalised) pixels")
+    model.add_argument(
+        "--no-norm-pix-loss", action="store_true", help="regress raw (not per-patch normalised) pixels"
+    )
     optim = parser.add_argument_group("optimisation (MAE recipe defaults)")
     optim.add_argument("--epochs", type=int, default=800)
     optim.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -47,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--overwrite", action="store_true", help="reuse an output directory that holds a model")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
-    run.add_argument("--recon-images", type=int, default=8, help="images in the final reconstruction grid (0: none)")
+    run.add_argument(
+        "--recon-images", type=int, default=8, help="images in the final reconstruction grid (0: none)"
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> MAEConfig:
@@ -56,7 +62,9 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
         raise UsageError(f"--model {args.model!r}: unknown preset; choose one of {', '.join(PRESETS)}")
     patch = PRESETS[args.model].get("patch_size", 16)
     if args.resolution <= 0 or args.resolution % patch:
-        raise UsageError(f"--resolution {args.resolution}: must be a positive multiple of the patch size {patch}")
+        raise UsageError(
+            f"--resolution {args.resolution}: must be a positive multiple of the patch size {patch}"
+        )
     if not 0.0 < args.mask_ratio < 1.0:
         raise UsageError(f"--mask-ratio {args.mask_ratio}: must be between 0 and 1")
     for flag in ("epochs", "batch_size", "grad_accum", "log_every", "num_workers"):
@@ -67,10 +75,16 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
     if not 0 <= args.warmup_epochs < args.epochs:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs={args.epochs})")
     check_beton(args.data)
-    config = MAEConfig.from_preset(args.model, image_size=args.resolution, mask_ratio=args.mask_ratio,
-                                   norm_pix_loss=not args.no_norm_pix_loss)
+    config = MAEConfig.from_preset(
+        args.model,
+        image_size=args.resolution,
+        mask_ratio=args.mask_ratio,
+        norm_pix_loss=not args.no_norm_pix_loss,
+    )
     if (args.output_dir / "model.safetensors").exists() and not args.overwrite:
-        raise UsageError(f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)")
+        raise UsageError(
+            f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)"
+        )
     return config
 
 
@@ -79,13 +93,19 @@ def make_accelerator(args: argparse.Namespace):
     from accelerate.utils import InitProcessGroupKwargs
 
     handlers = []
-    launched = any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK")) or \
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    launched = (
+        any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK"))
+        or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    )
     if launched and not torch.cuda.is_available():
         # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, log_with="tensorboard",
-                              project_dir=str(args.output_dir), kwargs_handlers=handlers)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum,
+        log_with="tensorboard",
+        project_dir=str(args.output_dir),
+        kwargs_handlers=handlers,
+    )
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         # FFCV's Loader is not a torch DataLoader, so accelerate cannot infer the micro-batch: set it here.
@@ -111,12 +131,20 @@ def run(args: argparse.Namespace) -> Path:
     model = MAEForPreTraining(config)
     set_seed(args.seed, device_specific=True)
 
-    loader = train_loader(args.data, args.batch_size, args.resolution, num_workers=args.num_workers,
-                          distributed=accelerator.num_processes > 1, seed=args.seed)
+    loader = train_loader(
+        args.data,
+        args.batch_size,
+        args.resolution,
+        num_workers=args.num_workers,
+        distributed=accelerator.num_processes > 1,
+        seed=args.seed,
+    )
     steps_per_epoch = len(loader) // args.grad_accum
     if steps_per_epoch == 0:
-        raise UsageError(f"--batch-size {args.batch_size}: {accelerator.num_processes} process(es) × "
-                         f"{args.grad_accum} accumulation steps need more images than {args.data} holds")
+        raise UsageError(
+            f"--batch-size {args.batch_size}: {accelerator.num_processes} process(es) × "
+            f"{args.grad_accum} accumulation steps need more images than {args.data} holds"
+        )
     effective_batch = args.batch_size * args.grad_accum * accelerator.num_processes
     peak_lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
     total_steps = args.epochs * steps_per_epoch
@@ -132,19 +160,27 @@ def run(args: argparse.Namespace) -> Path:
     std = stats_tensor(config.image_std, accelerator.device)
 
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if v is not None}
-    accelerator.init_trackers("tensorboard", config={k: v for k, v in hparams.items()
-                                                     if isinstance(v, (int, float, str, bool))})
+    accelerator.init_trackers(
+        "tensorboard", config={k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+    )
     metrics_file = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         metrics_file.write_text("")
-        accelerator.print(f"pretraining {args.model} at {args.resolution}px on {accelerator.num_processes} "
-                          f"process(es) ({accelerator.distributed_type}, {dtype}); effective batch "
-                          f"{effective_batch}, peak lr {peak_lr:.3g}, {total_steps} steps")
+        accelerator.print(
+            f"pretraining {args.model} at {args.resolution}px on {accelerator.num_processes} "
+            f"process(es) ({accelerator.distributed_type}, {dtype}); effective batch "
+            f"{effective_batch}, peak lr {peak_lr:.3g}, {total_steps} steps"
+        )
 
     step, micro_step = 0, 0
-    window_loss, window_count, window_start = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-    progress = tqdm(total=total_steps, disable=not accelerator.is_local_main_process, desc="pretrain",
-                    dynamic_ncols=True)
+    window_loss, window_count, window_start = (
+        torch.zeros((), device=accelerator.device),
+        0,
+        time.perf_counter(),
+    )
+    progress = tqdm(
+        total=total_steps, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True
+    )
     model.train()
     for epoch in range(args.epochs):
         if step >= total_steps:
@@ -172,9 +208,15 @@ def run(args: argparse.Namespace) -> Path:
             if step % args.log_every == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(window_loss / window_count, "mean").item()
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-                          "images_per_s": window_count * args.batch_size * accelerator.num_processes / elapsed,
-                          "resolution": args.resolution, "mask_ratio": args.mask_ratio}
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "images_per_s": window_count * args.batch_size * accelerator.num_processes / elapsed,
+                    "resolution": args.resolution,
+                    "mask_ratio": args.mask_ratio,
+                }
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
                 if accelerator.is_main_process:
                     with metrics_file.open("a") as f:
@@ -188,15 +230,19 @@ def run(args: argparse.Namespace) -> Path:
 
     final = save_model(accelerator, model, config, output_dir)
     if accelerator.is_main_process and args.recon_images > 0:
-        picture = write_reconstruction(final, args.data, args.resolution, args.recon_images,
-                                       output_dir / "reconstruction.png")
+        picture = write_reconstruction(
+            final, args.data, args.resolution, args.recon_images, output_dir / "reconstruction.png"
+        )
         accelerator.get_tracker("tensorboard", unwrap=True).add_image(
-            "reconstruction", picture, step, dataformats="HWC")
+            "reconstruction", picture, step, dataformats="HWC"
+        )
     accelerator.end_training()
     if accelerator.is_main_process:
-        accelerator.print(f"model: {output_dir} (config.json, model.safetensors)\n"
-                          f"tensorboard: {output_dir / 'tensorboard'}\nmetrics: {metrics_file}\n"
-                          f"reconstruction: {output_dir / 'reconstruction.png'}")
+        accelerator.print(
+            f"model: {output_dir} (config.json, model.safetensors)\n"
+            f"tensorboard: {output_dir / 'tensorboard'}\nmetrics: {metrics_file}\n"
+            f"reconstruction: {output_dir / 'reconstruction.png'}"
+        )
     return output_dir
 
 
@@ -213,7 +259,9 @@ def save_model(accelerator, model, config: MAEConfig, output_dir: Path) -> MAEFo
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             final = MAEForPreTraining(config)
-            final.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model"))
+            final.load_state_dict(
+                get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model")
+            )
     elif accelerator.is_main_process:
         final = accelerator.unwrap_model(model).float()
     if final is not None:
@@ -227,8 +275,9 @@ def save_model(accelerator, model, config: MAEConfig, output_dir: Path) -> MAEFo
     return final
 
 
-def write_reconstruction(model: MAEForPreTraining, data: Path, resolution: int, count: int,
-                         path: Path) -> np.ndarray:
+def write_reconstruction(
+    model: MAEForPreTraining, data: Path, resolution: int, count: int, path: Path
+) -> np.ndarray:
     """Grid of the first ``count`` images of ``data`` (centre crops): original | masked | reconstructions."""
     from ..data.loader import eval_loader
     from .visualize import reconstruction_grid, save_png
@@ -240,4 +289,3 @@ def write_reconstruction(model: MAEForPreTraining, data: Path, resolution: int, 
     picture = reconstruction_grid(model.float().cpu(), images)
     save_png(picture, path)
     return picture
-

@@ -11,7 +11,9 @@ def scaled_lr(blr: float, effective_batch: int) -> float:
     return blr * effective_batch / 256
 
 
-def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0) -> float:
+def warmup_cosine_lr(
+    step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float = 0.0
+) -> float:
     """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then half-cycle cosine to ``min_lr``.
 
     Evaluated every iteration (MAE's ``adjust_learning_rate`` on the fractional epoch).

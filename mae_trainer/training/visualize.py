@@ -16,8 +16,9 @@ ROWS = ("original", "masked", "reconstruction", "reconstruction + visible")
 
 
 @torch.no_grad()
-def reconstruction_grid(model: MAEForPreTraining, images: torch.Tensor, mask_ratio: float | None = None,
-                        seed: int = 0) -> np.ndarray:
+def reconstruction_grid(
+    model: MAEForPreTraining, images: torch.Tensor, mask_ratio: float | None = None, seed: int = 0
+) -> np.ndarray:
     """An ``(H, W, 3)`` uint8 grid with one column per image and the rows of :data:`ROWS`.
 
     ``images`` are uint8 ``(B, 3, H, W)``. The per-patch normalisation of the target (``norm_pix_loss``) is
@@ -26,7 +27,10 @@ def reconstruction_grid(model: MAEForPreTraining, images: torch.Tensor, mask_rat
     was_training = model.training
     model.eval()
     param = next(model.parameters())
-    mean, std = stats_tensor(model.config.image_mean, param.device), stats_tensor(model.config.image_std, param.device)
+    mean, std = (
+        stats_tensor(model.config.image_mean, param.device),
+        stats_tensor(model.config.image_std, param.device),
+    )
     x = normalize(images.to(param.device), mean, std, torch.float32)
     grid = model.mae.patch_grid(x)
     generator = torch.Generator().manual_seed(seed)
@@ -41,8 +45,13 @@ def reconstruction_grid(model: MAEForPreTraining, images: torch.Tensor, mask_rat
     shown = x * (1 - hidden)
     pasted = shown + recon * hidden
     rows = torch.cat([x, shown, recon, pasted]) * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
-    rows = torch.where(torch.cat([torch.zeros_like(hidden), hidden, torch.zeros_like(hidden),
-                                  torch.zeros_like(hidden)]).bool(), 0.5, rows)  # hidden patches as gray
+    rows = torch.where(
+        torch.cat(
+            [torch.zeros_like(hidden), hidden, torch.zeros_like(hidden), torch.zeros_like(hidden)]
+        ).bool(),
+        0.5,
+        rows,
+    )  # hidden patches as gray
     picture = make_grid(rows.clamp(0, 1).cpu(), nrow=x.shape[0], padding=2, pad_value=1.0)
     model.train(was_training)
     return (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
