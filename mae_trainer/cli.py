@@ -1,4 +1,4 @@
-"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``reconstruct``.
+"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``reconstruct``, ``export``.
 
 ``accelerate launch -m mae_trainer pretrain ...`` runs the same entry point under the launcher.
 Bad input ends with one line ``mae-trainer: error: ...`` naming the flag or file, and exit status 2.
@@ -61,6 +61,12 @@ def _reconstruct(args: argparse.Namespace) -> None:
     print(f"reconstruction grid: {args.output}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .modeling.export import export
+
+    print(export(args.to, args.src, args.dst, overwrite=args.overwrite))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .training import pretrain
 
@@ -100,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--resolution", type=int, default=None, help="default: the model's image_size")
     recon.add_argument("--count", type=int, default=8)
     recon.set_defaults(func=_reconstruct)
+
+    exp = commands.add_parser("export", help="convert weights for tools that do not install mae_trainer")
+    exp.add_argument(
+        "--to",
+        required=True,
+        choices=["vit_mae", "timm", "mae"],
+        help="vit_mae: transformers folder; timm: safetensors state dict; mae: import a vit_mae folder",
+    )
+    exp.add_argument("src", type=Path, help="save_pretrained folder (ours, or vit_mae for --to mae)")
+    exp.add_argument("dst", type=Path, help="output folder (vit_mae, mae) or .safetensors file (timm)")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=_export)
     return parser
 
 

@@ -60,8 +60,9 @@ class MAEConfig(PretrainedConfig):
         patch_size: side of a square patch in pixels.
         num_channels: input channels.
         hidden_size / num_hidden_layers / num_attention_heads: encoder width, depth and heads.
-        mlp_ratio: MLP hidden width as a multiple of the block width (encoder and decoder).
+        mlp_ratio: encoder MLP hidden width as a multiple of the block width.
         decoder_hidden_size / decoder_num_hidden_layers / decoder_num_attention_heads: decoder shape.
+        decoder_mlp_ratio: decoder MLP hidden width as a multiple of the decoder width.
         mask_ratio: fraction of patches hidden from the encoder (default for ``forward``).
         norm_pix_loss: regress per-patch normalised pixels (MAE's better-performing target).
         layer_norm_eps: LayerNorm epsilon (1e-6 as the reference MAE).
@@ -84,6 +85,7 @@ class MAEConfig(PretrainedConfig):
         decoder_hidden_size: int = 512,
         decoder_num_hidden_layers: int = 8,
         decoder_num_attention_heads: int = 16,
+        decoder_mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         layer_norm_eps: float = 1e-6,
@@ -104,6 +106,7 @@ class MAEConfig(PretrainedConfig):
         self.decoder_hidden_size = decoder_hidden_size
         self.decoder_num_hidden_layers = decoder_num_hidden_layers
         self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_mlp_ratio = decoder_mlp_ratio
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.layer_norm_eps = layer_norm_eps

@@ -138,10 +138,10 @@ class PositionTable(nn.Module):
         return self._cache[key]
 
 
-def _blocks(config: MAEConfig, width: int, depth: int, heads: int) -> nn.ModuleList:
+def _blocks(config: MAEConfig, width: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
     norm = partial(nn.LayerNorm, eps=config.layer_norm_eps)
     return nn.ModuleList(
-        Block(width, heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, norm_layer=norm)
+        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=config.qkv_bias, norm_layer=norm)
         for _ in range(depth)
     )
 
@@ -171,7 +171,7 @@ class MAEModel(MAEPreTrainedModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.pos_embed = PositionTable(config.hidden_size)
         self.blocks = _blocks(
-            config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+            config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.mlp_ratio
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -231,7 +231,11 @@ class MAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = PositionTable(width)
         self.blocks = _blocks(
-            config, width, config.decoder_num_hidden_layers, config.decoder_num_attention_heads
+            config,
+            width,
+            config.decoder_num_hidden_layers,
+            config.decoder_num_attention_heads,
+            config.decoder_mlp_ratio,
         )
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.pred = nn.Linear(width, config.patch_size**2 * config.num_channels)

@@ -1,0 +1,196 @@
+"""Conversion between our MAE and the formats other tools load without this package.
+
+- ``transformers`` ``vit_mae`` (``ViTMAEForPreTraining``, the maintained port of the reference MAE):
+  both ways.
+  A ``vit_mae`` folder also loads as ``ViTModel`` / ``ViTForImageClassification`` (same ``vit.`` weights).
+- ``timm`` ViT: the encoder as a state dict that ``timm.create_model("vit_<size>_patch<p>_<res>",
+  num_classes=0)`` loads with ``strict=True``.
+
+Our blocks fuse query/key/value into one ``qkv`` projection (timm's layout); transformers keeps three.
+The fixed sin-cos tables are not stored in our state dict (they are recomputed for each grid); exports
+write the table of the native ``image_size`` grid, and imports check that the incoming table is that table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .configuration_mae import MAEConfig
+from .modeling_mae import MAEForPreTraining, sincos_pos_embed_2d
+
+# Block sub-module names: ours (timm) → transformers vit_mae (5.x).
+_BLOCK_RENAMES = {
+    "norm1": "layernorm_before",
+    "attn.proj": "attention.o_proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_TOP_RENAMES = {
+    "mae.cls_token": "vit.embeddings.cls_token",
+    "mae.patch_embed.proj": "vit.embeddings.patch_embeddings.projection",
+    "mae.norm": "vit.layernorm",
+    "decoder.decoder_embed": "decoder.decoder_embed",
+    "decoder.mask_token": "decoder.mask_token",
+    "decoder.norm": "decoder.decoder_norm",
+    "decoder.pred": "decoder.decoder_pred",
+}
+_STACKS = {"mae.blocks": "vit.layers", "decoder.blocks": "decoder.decoder_layers"}
+POS_TOLERANCE = 1e-5
+
+
+def vit_mae_config(config: MAEConfig):
+    """The ``ViTMAEConfig`` describing the same network."""
+    from transformers import ViTMAEConfig
+
+    return ViTMAEConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=int(config.hidden_size * config.mlp_ratio),
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=config.initializer_range,
+        layer_norm_eps=config.layer_norm_eps,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        num_channels=config.num_channels,
+        qkv_bias=config.qkv_bias,
+        decoder_num_attention_heads=config.decoder_num_attention_heads,
+        decoder_hidden_size=config.decoder_hidden_size,
+        decoder_num_hidden_layers=config.decoder_num_hidden_layers,
+        decoder_intermediate_size=int(config.decoder_hidden_size * config.decoder_mlp_ratio),
+        mask_ratio=config.mask_ratio,
+        norm_pix_loss=config.norm_pix_loss,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+    )
+
+
+def mae_config_from_vit_mae(hf_config) -> MAEConfig:
+    """Our ``MAEConfig`` for a ``ViTMAEConfig``; refuses what our blocks cannot express."""
+    if hf_config.hidden_act != "gelu":
+        raise ValueError(f"vit_mae hidden_act={hf_config.hidden_act!r}: only exact 'gelu' is supported")
+    if hf_config.hidden_dropout_prob or hf_config.attention_probs_dropout_prob:
+        raise ValueError("vit_mae dropout > 0 is not supported (MAE pre-training uses none)")
+    extra = {k: getattr(hf_config, k) for k in ("image_mean", "image_std") if hasattr(hf_config, k)}
+    return MAEConfig(
+        image_size=hf_config.image_size,
+        patch_size=hf_config.patch_size,
+        num_channels=hf_config.num_channels,
+        hidden_size=hf_config.hidden_size,
+        num_hidden_layers=hf_config.num_hidden_layers,
+        num_attention_heads=hf_config.num_attention_heads,
+        mlp_ratio=hf_config.intermediate_size / hf_config.hidden_size,
+        decoder_hidden_size=hf_config.decoder_hidden_size,
+        decoder_num_hidden_layers=hf_config.decoder_num_hidden_layers,
+        decoder_num_attention_heads=hf_config.decoder_num_attention_heads,
+        decoder_mlp_ratio=hf_config.decoder_intermediate_size / hf_config.decoder_hidden_size,
+        mask_ratio=hf_config.mask_ratio,
+        norm_pix_loss=bool(hf_config.norm_pix_loss),
+        layer_norm_eps=hf_config.layer_norm_eps,
+        qkv_bias=hf_config.qkv_bias,
+        initializer_range=hf_config.initializer_range,
+        **extra,
+    )
+
+
+def _rename(ours: str) -> str:
+    """Our state-dict key → the vit_mae key (for everything but the fused qkv)."""
+    for prefix, theirs in _STACKS.items():
+        if ours.startswith(prefix + "."):
+            index, rest = ours[len(prefix) + 1 :].split(".", 1)
+            module, leaf = rest.rsplit(".", 1)
+            return f"{theirs}.{index}.{_BLOCK_RENAMES[module]}.{leaf}"
+    module, leaf = ours.rsplit(".", 1) if ours.count(".") > 1 else (ours, "")
+    if module in _TOP_RENAMES:
+        return f"{_TOP_RENAMES[module]}.{leaf}" if leaf else _TOP_RENAMES[module]
+    return _TOP_RENAMES[ours]
+
+
+def _native_tables(config: MAEConfig) -> dict[str, torch.Tensor]:
+    grid = config.image_size // config.patch_size
+    return {
+        "vit.embeddings.position_embeddings": sincos_pos_embed_2d(config.hidden_size, grid, grid),
+        "decoder.decoder_pos_embed": sincos_pos_embed_2d(config.decoder_hidden_size, grid, grid),
+    }
+
+
+def to_vit_mae_state_dict(model: MAEForPreTraining) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("attn.qkv.weight") or key.endswith("attn.qkv.bias"):
+            base = _rename(key.replace("attn.qkv", "attn.proj")).replace("o_proj", "{}_proj")
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                state[base.format(name)] = part.clone()
+        else:
+            state[_rename(key)] = value.clone()
+    state.update(_native_tables(model.config))
+    return state
+
+
+def to_vit_mae(model: MAEForPreTraining):
+    """A ``transformers.ViTMAEForPreTraining`` with our weights (same outputs for the same ``noise``)."""
+    from transformers import ViTMAEForPreTraining
+
+    hf = ViTMAEForPreTraining(vit_mae_config(model.config))
+    missing, unexpected = hf.load_state_dict(to_vit_mae_state_dict(model), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"vit_mae conversion mismatch: missing {missing}, unexpected {unexpected}")
+    return hf.eval() if not model.training else hf
+
+
+def from_vit_mae(hf_model_or_dir) -> MAEForPreTraining:
+    """Our model from a ``ViTMAEForPreTraining`` (instance, or a ``save_pretrained`` folder such as a
+    downloaded ``facebook/vit-mae-base``)."""
+    from transformers import ViTMAEForPreTraining
+
+    hf = hf_model_or_dir
+    if isinstance(hf_model_or_dir, (str, Path)):
+        hf = ViTMAEForPreTraining.from_pretrained(hf_model_or_dir)
+    config = mae_config_from_vit_mae(hf.config)
+    model = MAEForPreTraining(config)
+    theirs = hf.state_dict()
+    for key, table in _native_tables(config).items():
+        gap = (theirs[key].float() - table).abs().max().item()
+        if gap > POS_TOLERANCE:
+            raise ValueError(f"{key} is not the fixed sin-cos table (max difference {gap:.2e})")
+    state = {}
+    for key in model.state_dict():
+        if key.endswith("attn.qkv.weight") or key.endswith("attn.qkv.bias"):
+            base = _rename(key.replace("attn.qkv", "attn.proj")).replace("o_proj", "{}_proj")
+            state[key] = torch.cat([theirs[base.format(name)] for name in "qkv"], dim=0)
+        else:
+            state[key] = theirs[_rename(key)]
+    model.load_state_dict(state, strict=True)
+    return model.train(hf.training)
+
+
+TIMM_SIZES = {
+    (192, 12, 3): "tiny",
+    (384, 12, 6): "small",
+    (768, 12, 12): "base",
+    (1024, 24, 16): "large",
+    (1280, 32, 16): "huge",
+}
+
+
+def timm_model_name(config: MAEConfig) -> str | None:
+    """The timm architecture with this encoder, e.g. ``vit_base_patch16_224``, or None."""
+    size = TIMM_SIZES.get((config.hidden_size, config.num_hidden_layers, config.num_attention_heads))
+    if size is None or config.mlp_ratio != 4.0:
+        return None
+    return f"vit_{size}_patch{config.patch_size}_{config.image_size}"
+
+
+def to_timm_state_dict(model: MAEForPreTraining) -> dict[str, torch.Tensor]:
+    """The encoder as a timm ``VisionTransformer`` state dict (class token, sin-cos ``pos_embed`` of the
+    native grid, blocks, final norm)."""
+    config = model.config
+    grid = config.image_size // config.patch_size
+    state = {k[len("mae.") :]: v.clone() for k, v in model.state_dict().items() if k.startswith("mae.")}
+    state["pos_embed"] = sincos_pos_embed_2d(config.hidden_size, grid, grid)
+    return state
