@@ -88,7 +88,8 @@ from safetensors.torch import load_file
 model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
 model.load_state_dict(load_file({str(dst)!r}), strict=True)
 with torch.no_grad():
-    torch.save(model.eval().forward_features(torch.load({str(tmp_path / "x.pt")!r})), {str(tmp_path / "f.pt")!r})
+    features = model.eval().forward_features(torch.load({str(tmp_path / "x.pt")!r}))
+torch.save(features, {str(tmp_path / "f.pt")!r})
 """)
     with torch.no_grad():
         ours = model.mae(x).last_hidden_state

@@ -143,3 +143,26 @@ def test_encoder_without_mask_sees_every_patch_in_order(model):
     x = torch.randn(2, 3, 64, 64)
     out = model.mae(x)
     assert out.last_hidden_state.shape == (2, 17, 64) and out.mask.sum() == 0
+
+
+def test_generator_makes_masking_reproducible(model):
+    x = torch.randn(2, 3, 64, 64)
+    a = model(x, generator=torch.Generator().manual_seed(7))
+    b = model(x, generator=torch.Generator().manual_seed(7))
+    c = model(x, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.logits, b.logits)
+    assert not torch.equal(a.mask, c.mask)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    plain = MAEForPreTraining(MAEConfig(**SMALL)).train()
+    torch.manual_seed(0)
+    ckpt = MAEForPreTraining(MAEConfig(**SMALL)).train()
+    ckpt.activation_checkpointing_enable()
+    assert ckpt.mae.gradient_checkpointing and ckpt.decoder.gradient_checkpointing
+    x, noise = torch.randn(2, 3, 64, 64), torch.rand(2, 16)
+    for m in (plain, ckpt):
+        m(x, noise=noise).loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

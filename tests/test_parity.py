@@ -122,8 +122,8 @@ def test_non_native_resolution_exact_table_vs_hf_interpolation():
         a = ours(x, noise=noise)
         b = theirs(x, noise=noise, interpolate_pos_encoding=True)
         resampled = theirs.vit.embeddings.interpolate_pos_encoding(torch.zeros(1, 101, 192), 160, 160)
-    # bicubic resampling of a sin-cos table aliases its high-frequency channels: measured here, max 1.97 and
-    # mean 0.13 per entry away from the exact 10x10 table, so logits differ by up to ~1.6 (README, "The model")
+    # bicubic resampling of a sin-cos table aliases its high-frequency channels: measured here, max 1.97
+    # and mean 0.13 per entry away from the exact 10x10 table, so logits differ by up to ~1.6 (see README)
     table_gap = (resampled - sincos_pos_embed_2d(192, 10, 10)).abs()
     assert table_gap.max() > 1.0 and table_gap.mean() > 0.05
     assert (a.logits - b.logits).abs().mean() > 1e-2

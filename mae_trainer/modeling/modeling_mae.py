@@ -147,9 +147,17 @@ def _blocks(config: MAEConfig, width: int, depth: int, heads: int, mlp_ratio: fl
 
 
 def _run_blocks(module: nn.Module, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    checkpoint = module.gradient_checkpointing and module.training and torch.is_grad_enabled()
+    """Run ``blocks``, recomputing activations in backward when activation checkpointing is on (set by
+    transformers' ``activation_checkpointing_enable``, which also supplies the checkpoint function)."""
+    if not (module.gradient_checkpointing and module.training and torch.is_grad_enabled()):
+        for block in blocks:
+            x = block(x)
+        return x
+    checkpoint = getattr(module, "_gradient_checkpointing_func", None) or partial(
+        torch.utils.checkpoint.checkpoint, use_reentrant=False
+    )
     for block in blocks:
-        x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
+        x = checkpoint(block, x)
     return x
 
 
@@ -192,13 +200,15 @@ class MAEModel(MAEPreTrainedModel):
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MAEModelOutput | tuple:
         """Encode normalised images ``(B, C, H, W)``; ``H`` and ``W`` must be multiples of the patch size.
 
         ``noise (B, L)`` fixes which patches are kept (the ``1 - mask_ratio`` smallest); without it the
-        mask is drawn with ``torch.rand``. ``mask_ratio`` defaults to 0 (no masking).
+        mask is drawn with ``torch.rand`` (from ``generator`` when given, for reproducible masks).
+        ``mask_ratio`` defaults to 0 (no masking).
         """
         grid_h, grid_w = self.patch_grid(pixel_values)
         x = self.patch_embed(pixel_values)
@@ -208,7 +218,8 @@ class MAEModel(MAEPreTrainedModel):
         mask_ratio = 0.0 if mask_ratio is None else mask_ratio
         if mask_ratio > 0 or noise is not None:
             if noise is None:
-                noise = torch.rand(batch, num_patches, device=x.device)
+                device = generator.device if generator is not None else x.device
+                noise = torch.rand(batch, num_patches, device=device, generator=generator).to(x.device)
             ids_keep, mask, ids_restore = random_masking(num_patches, mask_ratio, noise)
             x = gather_tokens(x, ids_keep)
         else:
@@ -298,19 +309,20 @@ class MAEForPreTraining(MAEPreTrainedModel):
         pixel_values: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MAEForPreTrainingOutput | tuple:
         """Mask, encode, decode and score normalised images ``(B, C, H, W)``.
 
         ``mask_ratio`` overrides ``config.mask_ratio`` for this call (progressive schemes change it);
-        ``noise (B, L)`` makes the mask deterministic.
+        ``noise (B, L)`` or a ``generator`` makes the mask deterministic.
         """
         mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio} must be in (0, 1) for pre-training")
         grid = self.mae.patch_grid(pixel_values)
-        encoded = self.mae(pixel_values, noise=noise, mask_ratio=mask_ratio)
+        encoded = self.mae(pixel_values, noise=noise, mask_ratio=mask_ratio, generator=generator)
         logits = self.decoder(encoded.last_hidden_state, encoded.ids_restore, grid)
         loss = self.reconstruction_loss(pixel_values, logits, encoded.mask)
         out = MAEForPreTrainingOutput(

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--no-norm-pix-loss", action="store_true", help="regress raw (not per-patch normalised) pixels"
     )
+    model.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute block activations (saves memory; L/H)"
+    )
     optim = parser.add_argument_group("optimisation (MAE recipe defaults)")
     optim.add_argument("--epochs", type=int, default=800)
     optim.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -129,6 +132,8 @@ def run(args: argparse.Namespace) -> Path:
     # Same seed everywhere for the weights; a rank-specific one for masks and crops.
     set_seed(args.seed)
     model = MAEForPreTraining(config)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
     set_seed(args.seed, device_specific=True)
 
     loader = train_loader(
