@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -195,6 +197,12 @@ class MAEModel(MAEPreTrainedModel):
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
         return height // p, width // p
 
+    def _patches(self, pixel_values: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, L, C*p*p)`` in the patch projection's (channel, row, column) order."""
+        b, c, p = pixel_values.shape[0], pixel_values.shape[1], self.config.patch_size
+        x = pixel_values.reshape(b, c, grid_h, p, grid_w, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, grid_h * grid_w, c * p * p)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -211,18 +219,22 @@ class MAEModel(MAEPreTrainedModel):
         ``mask_ratio`` defaults to 0 (no masking).
         """
         grid_h, grid_w = self.patch_grid(pixel_values)
-        x = self.patch_embed(pixel_values)
-        pos = self.pos_embed(grid_h, grid_w, x)
-        x = x + pos[:, 1:]
-        batch, num_patches = x.shape[:2]
+        batch, num_patches = pixel_values.shape[0], grid_h * grid_w
+        pos = self.pos_embed(grid_h, grid_w, pixel_values)
         mask_ratio = 0.0 if mask_ratio is None else mask_ratio
         if mask_ratio > 0 or noise is not None:
             if noise is None:
-                device = generator.device if generator is not None else x.device
-                noise = torch.rand(batch, num_patches, device=device, generator=generator).to(x.device)
-            ids_keep, mask, ids_restore = random_masking(num_patches, mask_ratio, noise)
-            x = gather_tokens(x, ids_keep)
+                device = generator.device if generator is not None else pixel_values.device
+                noise = torch.rand(batch, num_patches, device=device, generator=generator)
+            ids_keep, mask, ids_restore = random_masking(num_patches, mask_ratio, noise.to(pixel_values.device))
+            # Embed only the visible patches: the patch projection is a linear map of each patch, so
+            # projecting the kept 1 - mask_ratio of them is exact and skips the rest of the work.
+            visible = gather_tokens(self._patches(pixel_values, grid_h, grid_w), ids_keep)
+            proj = self.patch_embed.proj
+            x = F.linear(visible, proj.weight.flatten(1), proj.bias)
+            x = x + gather_tokens(pos[:, 1:].expand(batch, -1, -1), ids_keep)
         else:
+            x = self.patch_embed(pixel_values) + pos[:, 1:]
             mask = x.new_zeros(batch, num_patches)
             ids_restore = torch.arange(num_patches, device=x.device).expand(batch, -1)
         cls = (self.cls_token + pos[:, :1]).expand(batch, -1, -1)
