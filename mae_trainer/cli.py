@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.add_arguments(train)
     train.set_defaults(func=_pretrain)
+    parser.pretrain_parser = train  # recipe files set this sub-command's defaults
 
     recon = commands.add_parser("reconstruct", help="write a reconstruction grid PNG for a saved model")
     recon.add_argument("--model", type=Path, required=True, help="save_pretrained directory")
@@ -121,10 +122,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def apply_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``pretrain --recipe FILE.yaml``: the file's keys (flag names, ``-`` or ``_``) become defaults that
+    flags on the command line override."""
+    if "pretrain" not in argv or "--recipe" not in argv:
+        return
+    index = argv.index("--recipe")
+    if index + 1 >= len(argv):
+        raise UsageError("--recipe: expects a YAML file")
+    path = Path(argv[index + 1])
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"--recipe {path}: cannot read ({err})") from None
+    pretrain = parser.pretrain_parser
+    known = {action.dest for action in pretrain._actions}
+    settings = {str(k).replace("-", "_"): v for k, v in recipe.items()}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UsageError(f"--recipe {path}: unknown key(s) {', '.join(unknown)}")
+    for key, value in settings.items():
+        action = next(a for a in pretrain._actions if a.dest == key)
+        settings[key] = action.type(value) if action.type and value is not None else value
+    pretrain.set_defaults(**settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        apply_recipe(parser, argv)
+        args = parser.parse_args(argv)
         args.func(args)
     except UsageError as err:
         print(f"mae-trainer: error: {err}", file=sys.stderr)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mae_trainer.data.loader import check_beton, set_resolution, train_loader
+from mae_trainer.data.loader import check_beton
 from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
 from mae_trainer.errors import UsageError
 
@@ -127,17 +127,20 @@ def test_existing_output_is_not_overwritten(jpeg_folder, tmp_path):
     assert out.read_bytes() == b"precious"
 
 
-def test_train_loader_yields_uint8_crops_and_changes_resolution(demo_beton):
-    loader = train_loader(demo_beton, batch_size=16, resolution=64, num_workers=2, seed=3)
-    first = [(x.clone(), y.clone()) for x, y in loader]
+def test_training_loader_yields_uint8_crops_of_each_image_once(demo_beton):
+    from mae_trainer.data.sampler import ProgressiveLoader
+    from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+
+    schedule = ResolutionSchedule(kind="steps", resolution=96, batch_size=16, steps=parse_steps("0:64,1:96"))
+    loader = ProgressiveLoader(demo_beton, schedule, num_workers=2, seed=3)
+    first = [(b.images.clone(), b.labels.clone()) for b in loader.epoch(0)]
     assert len(first) == 512 // 16
     images, labels = first[0]
     assert images.dtype == torch.uint8 and images.shape == (16, 3, 64, 64)
     assert labels.dtype == torch.int64 and labels.shape == (16,) and 0 <= labels.min() and labels.max() < 16
     assert images.float().std() > 10  # real pixels, not a constant
-    set_resolution(loader, 96)
-    second = next(iter(loader))
-    assert second[0].shape == (16, 3, 96, 96)
+    second = next(iter(loader.epoch(1)))
+    assert second.images.shape == (16, 3, 96, 96) and second.resolution == 96
     all_labels = torch.cat([y for _, y in first])
     assert sorted(all_labels.tolist()) == sorted(np.repeat(np.arange(16), 32).tolist())  # each image once
 

@@ -38,31 +38,12 @@ def launch(config: str, *args: str, timeout: int = 900) -> subprocess.CompletedP
 
 def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
     out = tmp_path / "run"
-    result = launch(
-        "cpu_2proc.yaml",
-        "--data",
-        str(demo_beton),
-        "--model",
-        "tiny",
-        "--resolution",
-        "64",
-        "--epochs",
-        "2",
-        "--warmup-epochs",
-        "0.25",
-        "--batch-size",
-        "16",
-        "--blr",
-        "5e-3",
-        "--num-workers",
-        "1",
-        "--log-every",
-        "1",
-        "--output-dir",
-        str(out),
-        "--recon-images",
-        "4",
-    )
+    flags = (
+        "--model tiny --resolution 64 --epochs 2 --warmup-epochs 0.25 --batch-size 16 --blr 5e-3 "
+        "--num-workers 1 --log-every 1 --recon-images 4 --progressive steps --resolution-steps 0:48,1:64 "
+        "--mask-schedule constant-visible"
+    ).split()
+    result = launch("cpu_2proc.yaml", "--data", str(demo_beton), "--output-dir", str(out), *flags)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
 
@@ -78,6 +59,10 @@ def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
     first_loss, last_loss = (sum(r["loss"] for r in rs) / len(rs) for rs in (first, last))
     assert last_loss < first_loss - 0.05, (first_loss, last_loss)
     assert records[-1]["lr"] < records[8]["lr"]  # cosine decay after warmup
+    # the sampler's stage reaches the step: 48 px keeps the 4 visible tokens of 64 px at mask 0.75
+    assert {(r["resolution"], r["mask_ratio"]) for r in records[:16]} == {(48, 0.5556)}
+    assert {(r["resolution"], r["mask_ratio"]) for r in records[16:]} == {(64, 0.75)}
+    assert all(0 <= r["data_wait_fraction"] < 1 for r in records)
 
     assert (out / "reconstruction.png").stat().st_size > 1000
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
@@ -102,54 +87,30 @@ print(changed, model(x, noise=torch.rand(2, 16)).loss.item())
     assert changed > 1e-3 and math.isfinite(loss)  # trained weights, finite loss
 
 
-def test_single_rank_config_and_max_steps(demo_beton, tmp_path):
+def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path):
     out = tmp_path / "one"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"data: {demo_beton}\nmodel: tiny\nresolution: 64\nepochs: 1\nwarmup-epochs: 0\nbatch_size: 8\n"
+        "max_steps: 3\nnum_workers: 1\nlog_every: 1\nrecon_images: 0\nprogressive: constant\n"
+        "mask_ratio: 0.6\n"
+    )
+    # the flag on the command line overrides the recipe's mask ratio
     result = launch(
-        "cpu_1proc.yaml",
-        "--data",
-        str(demo_beton),
-        "--model",
-        "tiny",
-        "--resolution",
-        "64",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--batch-size",
-        "8",
-        "--max-steps",
-        "3",
-        "--num-workers",
-        "1",
-        "--log-every",
-        "1",
-        "--output-dir",
-        str(out),
-        "--recon-images",
-        "0",
+        "cpu_1proc.yaml", "--recipe", str(recipe), "--mask-ratio", "0.5", "--output-dir", str(out)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "on 1 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert {(r["resolution"], r["mask_ratio"], r["batch_size"]) for r in records} == {(64, 0.5, 8)}
     assert (out / "model.safetensors").exists() and not (out / "reconstruction.png").exists()
     # a second run into the same directory is refused rather than overwriting the model
-    again = launch(
-        "cpu_1proc.yaml",
-        "--data",
-        str(demo_beton),
-        "--model",
-        "tiny",
-        "--resolution",
-        "64",
-        "--output-dir",
-        str(out),
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-    )
+    again = launch("cpu_1proc.yaml", "--recipe", str(recipe), "--output-dir", str(out))
     assert (
         again.returncode != 0 and "--output-dir" in again.stderr and "already holds a model" in again.stderr
     )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resolutoin: 64\n")
+    typo = launch("cpu_1proc.yaml", "--recipe", str(bad), "--output-dir", str(out))
+    assert typo.returncode != 0 and "unknown key(s) resolutoin" in typo.stderr

@@ -1,4 +1,6 @@
-"""FFCV loaders over a ``.beton``: uint8 batches out, float conversion and normalisation on the device."""
+"""FFCV loading helpers: file checks, decoders, the evaluation loader and on-device normalisation.
+
+The training loader is :class:`mae_trainer.data.sampler.ProgressiveLoader`."""
 
 from __future__ import annotations
 
@@ -33,45 +35,11 @@ def check_beton(path: Path, flag: str = "--data") -> int:
     return int(reader.num_samples)
 
 
-def train_loader(
-    path: Path,
-    batch_size: int,
-    resolution: int,
-    *,
-    num_workers: int = 2,
-    distributed: bool = False,
-    seed: int = 0,
-    os_cache: bool = True,
-    batches_ahead: int = 2,
-    drop_last: bool = True,
-):
-    """Random order, RandomResizedCrop (scale 0.2–1, ratio 3/4–4/3) to ``resolution`` and horizontal flip.
-
-    Yields ``(images uint8 (B, 3, R, R), labels int64 (B,))`` on the CPU. The crop size can be changed
-    between epochs with :func:`set_resolution` without recompiling the pipeline.
-    """
-    from ffcv.fields.basics import IntDecoder
+def random_resized_crop_decoder(resolution: int):
+    """FFCV's RandomResizedCrop decoder with MAE's crop distribution (scale 0.2–1, ratio 3/4–4/3)."""
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=RRC_SCALE, ratio=RRC_RATIO)
-    pipelines = {
-        "image": [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage(channels_last=False)],
-        "label": [IntDecoder(), ToTensor(), Squeeze()],
-    }
-    return Loader(
-        str(path),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        order=OrderOption.RANDOM,
-        distributed=distributed,
-        seed=seed,
-        os_cache=os_cache,
-        batches_ahead=batches_ahead,
-        drop_last=drop_last,
-        pipelines=pipelines,
-    )
+    return RandomResizedCropRGBImageDecoder((resolution, resolution), scale=RRC_SCALE, ratio=RRC_RATIO)
 
 
 def eval_loader(
@@ -95,7 +63,7 @@ def eval_loader(
             ToTensor(),
             ToTorchImage(channels_last=False),
         ],
-        "label": [IntDecoder(), ToTensor(), Squeeze()],
+        "label": [IntDecoder(), ToTensor(), Squeeze(1)],
     }
     return Loader(
         str(path),
@@ -106,12 +74,6 @@ def eval_loader(
         pipelines=pipelines,
         indices=indices,
     )
-
-
-def set_resolution(loader, resolution: int) -> None:
-    """Change the crop output size for the next epoch (FFCV reads it when the epoch's iterator starts)."""
-    decoder = loader.pipeline_specs["image"].decoder
-    decoder.output_size = (resolution, resolution)
 
 
 def normalize(

@@ -226,7 +226,9 @@ class MAEModel(MAEPreTrainedModel):
             if noise is None:
                 device = generator.device if generator is not None else pixel_values.device
                 noise = torch.rand(batch, num_patches, device=device, generator=generator)
-            ids_keep, mask, ids_restore = random_masking(num_patches, mask_ratio, noise.to(pixel_values.device))
+            ids_keep, mask, ids_restore = random_masking(
+                num_patches, mask_ratio, noise.to(pixel_values.device)
+            )
             # Embed only the visible patches: the patch projection is a linear map of each patch, so
             # projecting the kept 1 - mask_ratio of them is exact and skips the rest of the work.
             visible = gather_tokens(self._patches(pixel_values, grid_h, grid_w), ids_keep)

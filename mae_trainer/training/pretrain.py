@@ -17,19 +17,60 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.loader import check_beton, normalize, set_resolution, stats_tensor, train_loader
+from ..data.loader import check_beton, normalize, stats_tensor
+from ..data.sampler import ProgressiveLoader
+from ..data.schedules import ResolutionSchedule, parse_steps
 from ..errors import UsageError
 from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
 from .schedules import scaled_lr, warmup_cosine_lr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", type=Path, required=True, help="training .beton (mae-trainer write-dataset)")
-    data.add_argument(
-        "--resolution", type=int, default=224, help="crop side in pixels (multiple of the patch)"
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="YAML file of flag values (keys are flag names); command-line flags override it",
     )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, default=None, help="training .beton (mae-trainer write-dataset)")
     data.add_argument("--num-workers", type=int, default=8, help="FFCV decode threads per process")
+    data.add_argument("--batches-ahead", type=int, default=2, help="batches FFCV prepares in advance")
+    data.add_argument(
+        "--no-os-cache",
+        action="store_true",
+        help="read through FFCV's process cache instead of the OS page cache",
+    )
+    res = parser.add_argument_group("resolution schedule (progressive resolution, DailyMAE)")
+    res.add_argument(
+        "--resolution",
+        type=int,
+        default=224,
+        help="crop side; the final/reference side of a progressive schedule",
+    )
+    res.add_argument("--progressive", default="constant", choices=["constant", "linear", "steps"])
+    res.add_argument("--start-resolution", type=int, default=160, help="linear: side before the ramp")
+    res.add_argument("--ramp-start-epoch", type=int, default=0, help="linear: first epoch of the ramp")
+    res.add_argument(
+        "--ramp-end-epoch", type=int, default=0, help="linear: epoch the ramp reaches --resolution"
+    )
+    res.add_argument("--resolution-multiple", type=int, default=32, help="linear: round sides to this")
+    res.add_argument(
+        "--resolution-steps",
+        default=None,
+        help="steps: EPOCH:RES[:MASK],... e.g. 0:160:0.5,300:192:0.66,600:224:0.75",
+    )
+    res.add_argument(
+        "--mask-schedule",
+        default="fixed",
+        choices=["fixed", "constant-visible"],
+        help="constant-visible: mask ratio keeps the encoder's token count of --resolution",
+    )
+    res.add_argument(
+        "--scale-batch-with-resolution",
+        action="store_true",
+        help="scale the per-rank batch by (resolution / side)^2 to keep patches per step",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="base", help=f"preset: {', '.join(PRESETS)}")
     model.add_argument("--mask-ratio", type=float, default=0.75)
@@ -37,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-norm-pix-loss", action="store_true", help="regress raw (not per-patch normalised) pixels"
     )
     model.add_argument(
-        "--gradient-checkpointing", action="store_true", help="recompute block activations (saves memory; L/H)"
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute block activations (saves memory; L/H)",
     )
     optim = parser.add_argument_group("optimisation (MAE recipe defaults)")
     optim.add_argument("--epochs", type=int, default=800)
@@ -61,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> MAEConfig:
     """Every check that needs no process group: fail before any work or any file is written."""
+    if args.data is None:
+        raise UsageError("--data: required (on the command line or in the --recipe file)")
     if args.model not in PRESETS:
         raise UsageError(f"--model {args.model!r}: unknown preset; choose one of {', '.join(PRESETS)}")
     patch = PRESETS[args.model].get("patch_size", 16)
@@ -77,6 +122,9 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
         raise UsageError(f"--max-steps {args.max_steps}: must be at least 1")
     if not 0 <= args.warmup_epochs < args.epochs:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs={args.epochs})")
+    if args.batches_ahead < 1:
+        raise UsageError(f"--batches-ahead {args.batches_ahead}: must be at least 1")
+    args.schedule = make_schedule(args, patch)
     check_beton(args.data)
     config = MAEConfig.from_preset(
         args.model,
@@ -89,6 +137,27 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
             f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)"
         )
     return config
+
+
+def make_schedule(args: argparse.Namespace, patch: int) -> ResolutionSchedule:
+    if args.progressive == "linear" and not args.ramp_start_epoch <= args.ramp_end_epoch <= args.epochs:
+        raise UsageError(
+            f"--ramp-end-epoch {args.ramp_end_epoch}: must lie in [--ramp-start-epoch, --epochs]"
+        )
+    return ResolutionSchedule(
+        kind=args.progressive,
+        resolution=args.resolution,
+        mask_ratio=args.mask_ratio,
+        batch_size=args.batch_size,
+        patch_size=patch,
+        start_resolution=args.start_resolution,
+        start_epoch=args.ramp_start_epoch,
+        end_epoch=args.ramp_end_epoch,
+        multiple=args.resolution_multiple,
+        steps=parse_steps(args.resolution_steps) if args.resolution_steps else [],
+        constant_visible=args.mask_schedule == "constant-visible",
+        scale_batch=args.scale_batch_with_resolution,
+    )
 
 
 def make_accelerator(args: argparse.Namespace):
@@ -136,26 +205,26 @@ def run(args: argparse.Namespace) -> Path:
         model.activation_checkpointing_enable()
     set_seed(args.seed, device_specific=True)
 
-    loader = train_loader(
+    loader = ProgressiveLoader(
         args.data,
-        args.batch_size,
-        args.resolution,
+        args.schedule,
         num_workers=args.num_workers,
-        distributed=accelerator.num_processes > 1,
         seed=args.seed,
+        os_cache=not args.no_os_cache,
+        batches_ahead=args.batches_ahead,
     )
-    steps_per_epoch = len(loader) // args.grad_accum
-    if steps_per_epoch == 0:
+    batches = [loader.batches_in_epoch(epoch) for epoch in range(args.epochs)]
+    if min(batches) < args.grad_accum:
         raise UsageError(
             f"--batch-size {args.batch_size}: {accelerator.num_processes} process(es) × "
             f"{args.grad_accum} accumulation steps need more images than {args.data} holds"
         )
     effective_batch = args.batch_size * args.grad_accum * accelerator.num_processes
     peak_lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
-    total_steps = args.epochs * steps_per_epoch
+    total_steps = sum(batches) // args.grad_accum
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    warmup_steps = round(args.warmup_epochs * batches[0] / args.grad_accum)
 
     groups = param_groups_weight_decay(model, args.weight_decay, model.no_weight_decay())
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95))
@@ -165,6 +234,7 @@ def run(args: argparse.Namespace) -> Path:
     std = stats_tensor(config.image_std, accelerator.device)
 
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if v is not None}
+    hparams.pop("schedule", None)
     accelerator.init_trackers(
         "tensorboard", config={k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
     )
@@ -172,17 +242,15 @@ def run(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         metrics_file.write_text("")
         accelerator.print(
-            f"pretraining {args.model} at {args.resolution}px on {accelerator.num_processes} "
+            f"pretraining {args.model} ({args.progressive} schedule, final {args.resolution}px) on "
+            f"{accelerator.num_processes} "
             f"process(es) ({accelerator.distributed_type}, {dtype}); effective batch "
             f"{effective_batch}, peak lr {peak_lr:.3g}, {total_steps} steps"
         )
 
-    step, micro_step = 0, 0
-    window_loss, window_count, window_start = (
-        torch.zeros((), device=accelerator.device),
-        0,
-        time.perf_counter(),
-    )
+    step = 0
+    window = {"loss": torch.zeros((), device=accelerator.device), "micro": 0, "images": 0, "wait": 0.0}
+    window_start = time.perf_counter()
     progress = tqdm(
         total=total_steps, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True
     )
@@ -190,45 +258,52 @@ def run(args: argparse.Namespace) -> Path:
     for epoch in range(args.epochs):
         if step >= total_steps:
             break
-        set_resolution(loader, args.resolution)
-        for images, _labels in loader:
+        batch_iter = loader.epoch(epoch)
+        while True:
+            wait_start = time.perf_counter()
+            batch = next(batch_iter, None)
+            window["wait"] += time.perf_counter() - wait_start
+            if batch is None:
+                break
             lr = warmup_cosine_lr(step, total_steps, warmup_steps, peak_lr, args.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            pixel_values = normalize(images.to(accelerator.device, non_blocking=True), mean, std, dtype)
+            pixel_values = normalize(batch.images.to(accelerator.device, non_blocking=True), mean, std, dtype)
             with accelerator.accumulate(model):
-                loss = model(pixel_values, mask_ratio=args.mask_ratio).loss
+                loss = model(pixel_values, mask_ratio=batch.mask_ratio).loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch})")
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            micro_step += 1
-            window_loss += loss.detach().float()
-            window_count += 1
+            window["loss"] += loss.detach().float()
+            window["micro"] += 1
+            window["images"] += batch.images.shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             step += 1
             progress.update(1)
             if step % args.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(window_loss / window_count, "mean").item()
+                mean_loss = accelerator.reduce(window["loss"] / window["micro"], "mean").item()
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": step,
                     "epoch": epoch,
                     "loss": mean_loss,
                     "lr": lr,
-                    "images_per_s": window_count * args.batch_size * accelerator.num_processes / elapsed,
-                    "resolution": args.resolution,
-                    "mask_ratio": args.mask_ratio,
+                    "images_per_s": window["images"] / elapsed,
+                    "data_wait_fraction": window["wait"] / elapsed,
+                    "resolution": batch.resolution,
+                    "mask_ratio": batch.mask_ratio,
+                    "batch_size": batch.images.shape[0],
                 }
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
                 if accelerator.is_main_process:
                     with metrics_file.open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                window_loss.zero_()
-                window_count, window_start = 0, time.perf_counter()
+                progress.set_postfix(loss=f"{mean_loss:.4f}", res=batch.resolution, lr=f"{lr:.2e}")
+                window = {"loss": window["loss"].zero_(), "micro": 0, "images": 0, "wait": 0.0}
+                window_start = time.perf_counter()
             if step >= total_steps:
                 break
     progress.close()

@@ -1,0 +1,138 @@
+"""ProgressiveSampler: disjoint per-rank shards, determinism, resume, stages — on real .beton files and
+with 2 real ranks (torch.distributed, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mae_trainer.data.sampler import ProgressiveLoader
+from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+
+NUM = 103  # odd on purpose: 2 ranks leave one sample out, and partial batches are dropped
+
+
+@pytest.fixture(scope="module")
+def indexed_beton(tmp_path_factory):
+    """103 real photo crops whose label is their own index, so every delivered sample is identifiable."""
+    from mae_trainer.data.demo import demo_samples
+    from mae_trainer.data.write import ImageSource, WriteSettings, write_beton
+
+    arrays = [np.asarray(image) for image, _ in demo_samples(per_photo=7, min_side=64, max_side=96)][:NUM]
+    source = ImageSource(name="indexed", classes=["x"], labels=list(range(NUM)), arrays=arrays)
+    path = tmp_path_factory.mktemp("indexed") / "indexed.beton"
+    write_beton(source, path, WriteSettings(max_resolution=96, write_mode="jpg", num_workers=1))
+    return path
+
+
+def schedule(batch=8):
+    return ResolutionSchedule(
+        kind="steps",
+        resolution=64,
+        mask_ratio=0.75,
+        batch_size=batch,
+        steps=parse_steps("0:32:0.5,1:64"),
+        scale_batch=False,
+    )
+
+
+def labels_of(loader, epoch):
+    return [(b.labels.tolist(), b.images.shape, b.resolution, b.mask_ratio) for b in loader.epoch(epoch)]
+
+
+def test_shards_are_disjoint_deterministic_and_cover_the_dataset(indexed_beton):
+    loaders = [
+        ProgressiveLoader(indexed_beton, schedule(), rank=r, world_size=2, num_workers=1) for r in (0, 1)
+    ]
+    shards = [loader.sampler.shard(0) for loader in loaders]
+    assert len(shards[0]) == len(shards[1]) == NUM // 2
+    assert not set(shards[0]) & set(shards[1])
+    assert len(set(shards[0]) | set(shards[1])) == NUM - 1  # the documented remainder: NUM % world
+    again = ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=2, num_workers=1)
+    assert np.array_equal(again.sampler.shard(0), shards[0]) and np.array_equal(
+        again.sampler.shard(3), loaders[0].sampler.shard(3)
+    )
+    assert not np.array_equal(loaders[0].sampler.shard(0), loaders[0].sampler.shard(1))
+
+    delivered = labels_of(loaders[0], 0)
+    assert [lbl for batch in delivered for lbl in batch[0]] == shards[0][
+        : 6 * 8
+    ].tolist()  # 51 // 8 = 6 batches
+    assert {(shape[-1], res, mask) for _, shape, res, mask in delivered} == {(32, 32, 0.5)}
+    later = labels_of(loaders[0], 1)
+    assert {(shape[-1], res, mask) for _, shape, res, mask in later} == {(64, 64, 0.75)}
+
+
+def test_order_does_not_depend_on_worker_count(indexed_beton):
+    one = ProgressiveLoader(indexed_beton, schedule(), rank=1, world_size=2, num_workers=1)
+    two = ProgressiveLoader(indexed_beton, schedule(), rank=1, world_size=2, num_workers=2)
+    assert [b[0] for b in labels_of(one, 2)] == [b[0] for b in labels_of(two, 2)]
+
+
+def test_resume_inside_an_epoch(indexed_beton):
+    full = ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=1, num_workers=1)
+    expected = [b[0] for b in labels_of(full, 1)]
+    first = ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=1, num_workers=1)
+    it = first.epoch(1)
+    head = [next(it).labels.tolist() for _ in range(3)]
+    state = json.loads(json.dumps(first.state_dict()))  # survives serialisation
+    assert state["epoch"] == 1 and state["batch"] == 3
+    resumed = ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=1, num_workers=1)
+    resumed.load_state_dict(state)
+    tail = [b.labels.tolist() for b in resumed.epoch(1)]
+    assert head + tail == expected
+    assert next(b.index for b in resumed.epoch(2)) == 0  # the next epoch starts from its beginning
+    with pytest.raises(ValueError, match="cannot resume"):
+        ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=1, seed=5).load_state_dict(state)
+
+
+def test_batch_size_changes_with_the_stage(indexed_beton):
+    scaled = ResolutionSchedule(
+        kind="steps", resolution=64, batch_size=8, steps=parse_steps("0:32,1:64"), scale_batch=True
+    )
+    loader = ProgressiveLoader(indexed_beton, scaled, rank=0, world_size=1, num_workers=1)
+    sizes = {b.images.shape[0] for b in loader.epoch(0)}, {b.images.shape[0] for b in loader.epoch(1)}
+    assert sizes == ({32}, {8})  # 8 × (64/32)² at 32 px
+    assert loader.batches_in_epoch(0) == NUM // 32 and loader.batches_in_epoch(1) == NUM // 8
+
+
+def _rank_main(rank: int, world: int, port: int, path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    loader = ProgressiveLoader(path, schedule(), num_workers=1)  # rank and world from torch.distributed
+    result = {"epoch0": [b.labels.tolist() for b in loader.epoch(0)]}
+    it = loader.epoch(1)
+    head = [next(it).labels.tolist() for _ in range(2)]
+    state = loader.state_dict()
+    resumed = ProgressiveLoader(path, schedule(), num_workers=1)
+    resumed.load_state_dict(state)
+    result["epoch1_resumed"] = head + [b.labels.tolist() for b in resumed.epoch(1)]
+    result["epoch1_full"] = [
+        b.labels.tolist() for b in ProgressiveLoader(path, schedule(), num_workers=1).epoch(1)
+    ]
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(result, f)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_real_ranks(indexed_beton, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ranks")
+    mp.start_processes(_rank_main, args=(2, port, str(indexed_beton), out), nprocs=2, start_method="spawn")
+    ranks = [json.loads(open(f"{out}.{r}").read()) for r in (0, 1)]
+    for epoch in ("epoch0", "epoch1_full"):
+        seen = [{lbl for batch in r[epoch] for lbl in batch} for r in ranks]
+        assert not seen[0] & seen[1]
+        assert len(seen[0]) == len(seen[1]) == (NUM // 2) // 8 * 8
+    for r in ranks:
+        assert r["epoch1_resumed"] == r["epoch1_full"]
+        assert r["epoch0"] != r["epoch1_full"]
