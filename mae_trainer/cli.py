@@ -25,7 +25,14 @@ def _write_dataset(args: argparse.Namespace) -> None:
     )
     settings.validate()
     check_output(args.output, args.overwrite)  # before reading any image
-    summary = write_beton(resolve_source(args.source), args.output, settings, overwrite=args.overwrite)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: must be at least 1")
+    if args.fraction is not None and not 0 < args.fraction <= 1:
+        raise UsageError(f"--fraction {args.fraction}: must be in (0, 1]")
+    label_column = None if args.label_column.lower() == "none" else args.label_column
+    source = resolve_source(args.source, args.source_type, args.split, args.image_column, label_column)
+    source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
+    summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
     print(
         f"wrote {summary['count']} images in {len(summary['classes'])} classes to {args.output} "
         f"({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']} s); summary: {args.output}.json"
@@ -77,8 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         "write-dataset", help="write an ImageFolder tree or the embedded set to .beton"
     )
     write.add_argument(
-        "--source", required=True, help="ImageFolder directory, or 'embedded' for the demo set"
+        "--source", required=True, help="ImageFolder directory, a datasets folder, or 'embedded' (demo set)"
     )
+    write.add_argument(
+        "--source-type",
+        default="auto",
+        choices=["auto", "folder", "embedded", "hf-disk", "hf-imagefolder"],
+        help="hf-disk: datasets.load_from_disk; hf-imagefolder: datasets' local imagefolder",
+    )
+    write.add_argument("--split", default="train", help="datasets split")
+    write.add_argument("--image-column", default="image", help="datasets image column")
+    write.add_argument("--label-column", default="label", help="datasets label column ('none': no labels)")
+    write.add_argument("--limit", type=int, default=None, help="write at most this many images")
+    write.add_argument("--fraction", type=float, default=None, help="write a seeded random fraction")
+    write.add_argument("--seed", type=int, default=0, help="seed of --fraction")
     write.add_argument("--output", type=Path, required=True, help="the .beton file to write")
     write.add_argument("--max-resolution", type=int, default=256, help="longest side stored (resized down)")
     write.add_argument("--write-mode", default="smart", help="smart | jpg | raw")

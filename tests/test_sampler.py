@@ -22,10 +22,10 @@ NUM = 103  # odd on purpose: 2 ranks leave one sample out, and partial batches a
 def indexed_beton(tmp_path_factory):
     """103 real photo crops whose label is their own index, so every delivered sample is identifiable."""
     from mae_trainer.data.demo import demo_samples
-    from mae_trainer.data.write import ImageSource, WriteSettings, write_beton
+    from mae_trainer.data.write import ArraySource, WriteSettings, write_beton
 
     arrays = [np.asarray(image) for image, _ in demo_samples(per_photo=7, min_side=64, max_side=96)][:NUM]
-    source = ImageSource(name="indexed", classes=["x"], labels=list(range(NUM)), arrays=arrays)
+    source = ArraySource("indexed", ["x"], arrays, list(range(NUM)))
     path = tmp_path_factory.mktemp("indexed") / "indexed.beton"
     write_beton(source, path, WriteSettings(max_resolution=96, write_mode="jpg", num_workers=1))
     return path

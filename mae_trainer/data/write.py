@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +62,14 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return to_rgb(image)
-
-
-def probe_image(path: Path) -> str | None:
-    """Why ``path`` cannot be written (unreadable, truncated, too small), or None when it can.
+def probe(open_image) -> str | None:
+    """Why an image cannot be written (unreadable, truncated, too small), or None when it can.
 
     JPEGs are decoded at 1/8 scale (DCT scaling): every entropy-coded byte is still read, so corrupt and
     truncated files fail here, at a fraction of a full decode's cost.
     """
     try:
-        with Image.open(path) as image:
+        with open_image() as image:
             width, height = image.size
             if min(width, height) < MIN_SIDE:
                 return f"too small ({width}x{height}, minimum side {MIN_SIDE})"
@@ -86,62 +81,145 @@ def probe_image(path: Path) -> str | None:
     return None
 
 
-@dataclass
-class ImageSource:
-    """An indexable source of ``(HWC uint8 RGB array, label)`` samples, as FFCV's writer reads them."""
+_PROBED = None  # the ImageSource being probed, inherited by the forked probe workers
 
-    name: str
-    classes: list[str]
-    paths: list[Path] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    arrays: list[np.ndarray] | None = None  # in-memory images (embedded set) instead of paths
-    skipped: list[dict] = field(default_factory=list)
+
+def _probe_index(item: int) -> str | None:
+    return probe(lambda: _PROBED.open(item))
+
+
+class ImageSource:
+    """An indexable source of ``(HWC uint8 RGB array, label)`` samples, as FFCV's writer reads them.
+
+    Subclasses say how to open item ``i`` (:meth:`open`) and how to name it in reports (:meth:`describe`).
+    """
+
+    def __init__(self, name: str, classes: list[str], labels: list[int]):
+        self.name, self.classes, self.labels = name, classes, list(labels)
+        self.order = list(range(len(self.labels)))  # the items kept, in writing order
+        self.skipped: list[dict] = []
+
+    def open(self, item: int) -> Image.Image:
+        raise NotImplementedError
+
+    def describe(self, item: int) -> str:
+        return f"{self.name}[{item}]"
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.order)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        if self.arrays is not None:
-            return self.arrays[index], self.labels[index]
-        return load_rgb(self.paths[index]), self.labels[index]
+        item = self.order[index]
+        with self.open(item) as image:
+            return to_rgb(image), self.labels[item]
+
+    def select(self, limit: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
+        """Keep a seeded random ``fraction`` of the items (in their order), then the first ``limit``."""
+        if fraction is not None:
+            count = max(1, round(len(self.order) * fraction))
+            chosen = np.random.default_rng(seed).choice(len(self.order), size=count, replace=False)
+            self.order = [self.order[i] for i in sorted(chosen)]
+        if limit is not None:
+            self.order = self.order[:limit]
 
     def drop_unreadable(self, num_workers: int) -> None:
-        """Probe every file (in parallel) and keep only the writable ones; the rest go to ``skipped``.
+        """Probe every item (in forked workers) and keep only the writable ones; the rest go to ``skipped``.
         FFCV's writer hangs when a worker raises, so nothing that can fail may reach it."""
-        if self.arrays is not None:
-            return
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            reasons = list(pool.map(probe_image, self.paths, chunksize=64))
-        keep = [i for i, reason in enumerate(reasons) if reason is None]
+        global _PROBED
+        _PROBED = self
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
+                reasons = list(pool.map(_probe_index, self.order, chunksize=256))
+        finally:
+            _PROBED = None
         self.skipped += [
-            {"file": str(self.paths[i]), "reason": reasons[i]}
-            for i in range(len(reasons))
-            if reasons[i] is not None
+            {"file": self.describe(item), "reason": reason}
+            for item, reason in zip(self.order, reasons)
+            if reason is not None
         ]
-        self.paths = [self.paths[i] for i in keep]
-        self.labels = [self.labels[i] for i in keep]
+        self.order = [item for item, reason in zip(self.order, reasons) if reason is None]
 
 
-def image_folder_source(root: Path) -> ImageSource:
+class FolderSource(ImageSource):
+    def __init__(self, name: str, classes: list[str], paths: list[Path], labels: list[int]):
+        super().__init__(name, classes, labels)
+        self.paths = paths
+
+    def open(self, item: int) -> Image.Image:
+        return Image.open(self.paths[item])
+
+    def describe(self, item: int) -> str:
+        return str(self.paths[item])
+
+
+class ArraySource(ImageSource):
+    """Images already in memory (the embedded demo set); always readable."""
+
+    def __init__(self, name: str, classes: list[str], arrays: list[np.ndarray], labels: list[int]):
+        super().__init__(name, classes, labels)
+        self.arrays = arrays
+
+    def open(self, item: int) -> Image.Image:
+        return Image.fromarray(self.arrays[item])
+
+    def drop_unreadable(self, num_workers: int) -> None:
+        return
+
+
+class HFDatasetSource(ImageSource):
+    """A Hugging Face ``datasets`` split; images are read from their stored bytes (or paths)."""
+
+    def __init__(self, name: str, dataset, image_column: str, label_column: str | None):
+        from datasets import ClassLabel
+        from datasets import Image as ImageFeature
+
+        for flag, column in (("--image-column", image_column), ("--label-column", label_column)):
+            if column is not None and column not in dataset.column_names:
+                raise UsageError(
+                    f"{flag} {column!r}: not a column of {name} (columns: {', '.join(dataset.column_names)})"
+                )
+        if label_column is None:
+            classes, labels = [name], [0] * len(dataset)
+        elif isinstance(dataset.features[label_column], ClassLabel):
+            classes, labels = list(dataset.features[label_column].names), list(dataset[label_column])
+        else:
+            values = [str(v) for v in dataset[label_column]]
+            classes = sorted(set(values))
+            index = {c: i for i, c in enumerate(classes)}
+            labels = [index[v] for v in values]
+        super().__init__(name, classes, labels)
+        self.dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+        self.image_column = image_column
+
+    def open(self, item: int) -> Image.Image:
+        import io
+
+        cell = self.dataset[item][self.image_column]
+        return Image.open(io.BytesIO(cell["bytes"])) if cell.get("bytes") else Image.open(cell["path"])
+
+
+def image_folder_source(root: Path) -> FolderSource:
     """An ImageFolder tree (``root/<class>/<image>``; images directly in ``root`` form one class)."""
     if not root.is_dir():
         raise UsageError(f"--source {root}: no such directory")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     groups = [(d.name, d) for d in class_dirs] or [(root.name, root)]
-    source = ImageSource(name=str(root), classes=[name for name, _ in groups])
+    paths, labels = [], []
     for label, (_, directory) in enumerate(groups):
         for path in sorted(directory.rglob("*")):
             if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                source.paths.append(path)
-                source.labels.append(label)
-    if not source.paths:
+                paths.append(path)
+                labels.append(label)
+    if not paths:
         raise UsageError(f"--source {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return source
+    return FolderSource(str(root), [name for name, _ in groups], paths, labels)
 
 
-def embedded_source() -> ImageSource:
+def embedded_source() -> ArraySource:
     """The embedded demo set (crops of the photos that ship with scikit-image)."""
     from .demo import class_names, demo_samples
 
@@ -149,11 +227,56 @@ def embedded_source() -> ImageSource:
     for image, label in demo_samples():
         arrays.append(np.asarray(image))
         labels.append(label)
-    return ImageSource(name="embedded", classes=class_names(), labels=labels, arrays=arrays)
+    return ArraySource("embedded", class_names(), arrays, labels)
 
 
-def resolve_source(spec: str) -> ImageSource:
-    return embedded_source() if spec == "embedded" else image_folder_source(Path(spec))
+def hf_source(
+    path: Path, kind: str, split: str, image_column: str, label_column: str | None
+) -> HFDatasetSource:
+    """A dataset saved with ``save_to_disk`` (``kind="hf-disk"``) or a local folder read by the
+    ``imagefolder`` builder (``kind="hf-imagefolder"``, labels from sub-folder names)."""
+    import datasets
+
+    if not path.exists():
+        raise UsageError(f"--source {path}: no such file or directory")
+    try:
+        if kind == "hf-disk":
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    except Exception as err:  # datasets raises many types for a wrong folder
+        raise UsageError(f"--source {path}: cannot load as {kind} ({type(err).__name__}: {err})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise UsageError(f"--split {split!r}: not in {path} (splits: {', '.join(loaded)})")
+        loaded = loaded[split]
+    return HFDatasetSource(f"{path}:{split}", loaded, image_column, label_column)
+
+
+def resolve_source(
+    spec: str,
+    kind: str = "auto",
+    split: str = "train",
+    image_column: str = "image",
+    label_column: str | None = "label",
+) -> ImageSource:
+    """``--source`` with ``--source-type``: ``auto`` picks ``embedded``, a ``save_to_disk`` folder (it holds
+    ``dataset_info.json`` or ``dataset_dict.json``) or an ImageFolder tree."""
+    path = Path(spec)
+    if kind == "auto":
+        if spec == "embedded":
+            kind = "embedded"
+        elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            kind = "hf-disk"
+        else:
+            kind = "folder"
+    if kind == "embedded":
+        return embedded_source()
+    if kind == "folder":
+        return image_folder_source(path)
+    if kind in ("hf-disk", "hf-imagefolder"):
+        return hf_source(path, kind, split, image_column, label_column)
+    raise UsageError(f"--source-type {kind!r}: choose auto, folder, embedded, hf-disk or hf-imagefolder")
 
 
 def check_output(output: Path, overwrite: bool) -> None:
