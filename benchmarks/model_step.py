@@ -23,7 +23,10 @@ from mae_trainer import MAEConfig, MAEForPreTraining
 from mae_trainer.modeling.convert import to_vit_mae
 
 CASES = {
-    "s16-224": ("small", 224), "s16-160": ("small", 160), "b16-224": ("base", 224), "b16-160": ("base", 160),
+    "s16-224": ("small", 224),
+    "s16-160": ("small", 160),
+    "b16-224": ("base", 224),
+    "b16-160": ("base", 160),
 }
 
 
@@ -56,8 +59,20 @@ def inputs(batch: int, resolution: int):
 
 def peak_rss_child(kind: str, case: str, batch: int, threads: int, compile_model: str) -> float:
     """MiB of resident memory the step adds on top of the built model and inputs, in a fresh process."""
-    cmd = [sys.executable, __file__, "--memory-child", kind, "--cases", case, "--batch", str(batch),
-           "--threads", str(threads), "--compile", compile_model]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        kind,
+        "--cases",
+        case,
+        "--batch",
+        str(batch),
+        "--threads",
+        str(threads),
+        "--compile",
+        compile_model,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -87,8 +102,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per model (after 2 warm-up steps)")
-    parser.add_argument("--compile", default="none", choices=["none", "ours", "both"],
-                        help="torch.compile our model only, or both models")
+    parser.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "ours", "both"],
+        help="torch.compile our model only, or both models",
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,14 +129,29 @@ def main() -> None:
                 seconds[kind] += time.perf_counter() - start
         rate = {kind: args.batch * args.steps / s for kind, s in seconds.items()}
         del models
-        memory = {kind: peak_rss_child(kind, case, args.batch, args.threads, args.compile) for kind in ("ours", "hf")}
-        print(json.dumps({
-            "benchmark": "model_step", "case": case, "batch": args.batch, "threads": args.threads,
-            "compile": args.compile, "dtype": "fp32", "baseline": "transformers.ViTMAEForPreTraining (sdpa)",
-            "ours_img_per_s": round(rate["ours"], 2), "baseline_img_per_s": round(rate["hf"], 2),
-            "ratio": round(rate["ours"] / rate["hf"], 3),
-            "ours_step_peak_mib": round(memory["ours"], 1), "baseline_step_peak_mib": round(memory["hf"], 1),
-        }), flush=True)
+        memory = {
+            kind: peak_rss_child(kind, case, args.batch, args.threads, args.compile)
+            for kind in ("ours", "hf")
+        }
+        print(
+            json.dumps(
+                {
+                    "benchmark": "model_step",
+                    "case": case,
+                    "batch": args.batch,
+                    "threads": args.threads,
+                    "compile": args.compile,
+                    "dtype": "fp32",
+                    "baseline": "transformers.ViTMAEForPreTraining (sdpa)",
+                    "ours_img_per_s": round(rate["ours"], 2),
+                    "baseline_img_per_s": round(rate["hf"], 2),
+                    "ratio": round(rate["ours"] / rate["hf"], 3),
+                    "ours_step_peak_mib": round(memory["ours"], 1),
+                    "baseline_step_peak_mib": round(memory["hf"], 1),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

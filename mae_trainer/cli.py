@@ -1,4 +1,4 @@
-"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``reconstruct``, ``export``.
+"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``reconstruct``, ``export``, ``push``.
 
 ``accelerate launch -m mae_trainer pretrain ...`` runs the same entry point under the launcher.
 Bad input ends with one line ``mae-trainer: error: ...`` naming the flag or file, and exit status 2.
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_arguments(train)
     train.set_defaults(func=_pretrain)
     parser.pretrain_parser = train  # recipe files set this sub-command's defaults
+
+    from . import hub
+
+    push = commands.add_parser("push", help="upload a save_pretrained folder to the Hugging Face Hub")
+    hub.add_push_arguments(push)
 
     recon = commands.add_parser("reconstruct", help="write a reconstruction grid PNG for a saved model")
     recon.add_argument("--model", type=Path, required=True, help="save_pretrained directory")

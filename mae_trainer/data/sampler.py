@@ -104,8 +104,10 @@ class Batch:
 class ProgressiveLoader:
     """FFCV loader over a ``.beton`` driven by a :class:`ProgressiveSampler`.
 
-    RandomResizedCrop (MAE's scale 0.2–1, ratio 3/4–4/3) and horizontal flip, uint8 output; normalisation
-    happens on the device in the training step.
+    RandomResizedCrop (MAE's scale 0.2–1, ratio 3/4–4/3) and horizontal flip, drawn reproducibly from
+    ``seed`` (:mod:`mae_trainer.data.augment`), uint8 output; normalisation happens on the device in the
+    training step. ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
+    ``output_size`` between epochs.
     """
 
     def __init__(
@@ -125,14 +127,21 @@ class ProgressiveLoader:
         from ffcv.loader import Loader
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-        from .loader import random_resized_crop_decoder
+        from .augment import SeededRandomResizedCrop
+        from .loader import RRC_RATIO, RRC_SCALE
 
         self.schedule = schedule
         self.sampler = ProgressiveSampler(schedule, seed=seed, rank=rank, world_size=world_size)
         first = schedule.stage(0)
-        decoder = decoder or random_resized_crop_decoder(first.resolution)
+        if decoder is None:
+            decoder = SeededRandomResizedCrop(
+                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed
+            )
+        image_pipeline = [decoder]
+        if not getattr(decoder, "includes_flip", False):
+            image_pipeline.append(RandomHorizontalFlip())
         pipelines = {
-            "image": [decoder, RandomHorizontalFlip(), ToTensor(), ToTorchImage(channels_last=False)],
+            "image": [*image_pipeline, ToTensor(), ToTorchImage(channels_last=False)],
             "label": [IntDecoder(), ToTensor(), Squeeze(1)],
         }
         self.loader = Loader(

@@ -22,6 +22,7 @@ from ..data.sampler import ProgressiveLoader
 from ..data.schedules import ResolutionSchedule, parse_steps
 from ..errors import UsageError
 from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
+from .checkpoint import check_compatible, read_state, resolve_resume, save_checkpoint
 from .schedules import scaled_lr, warmup_cosine_lr
 
 
@@ -96,6 +97,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--output-dir", type=Path, default=Path("runs/pretrain"))
     run.add_argument("--overwrite", action="store_true", help="reuse an output directory that holds a model")
     run.add_argument("--seed", type=int, default=0)
+    ckpt = parser.add_argument_group("checkpoints")
+    ckpt.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="optimizer steps between checkpoints (0: at each epoch end only)",
+    )
+    ckpt.add_argument("--keep-last", type=int, default=2, help="complete checkpoints kept")
+    ckpt.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="auto: the newest complete checkpoint in OUTPUT_DIR/checkpoints (if any); or a path",
+    )
+    hub = parser.add_argument_group("publishing (Hugging Face Hub)")
+    hub.add_argument(
+        "--push-to-hub", default=None, metavar="REPO", help="upload the final model to this repo"
+    )
+    hub.add_argument("--hub-token", default=None, help="write token (default: $HF_TOKEN, saved login)")
+    hub.add_argument("--hub-private", action="store_true", help="create the repo private")
+    hub.add_argument("--hub-revision", default=None, help="branch to commit to")
+    hub.add_argument("--hub-endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT or the public Hub)")
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
     run.add_argument(
         "--recon-images", type=int, default=8, help="images in the final reconstruction grid (0: none)"
@@ -132,6 +155,22 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
         mask_ratio=args.mask_ratio,
         norm_pix_loss=not args.no_norm_pix_loss,
     )
+    if args.push_to_hub:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        from ..hub import resolve_token
+
+        try:
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError as err:
+            raise UsageError(f"--push-to-hub {args.push_to_hub!r}: {err}") from None
+        resolve_token(args.hub_token)  # fail now, not after a day of training
+    if args.save_every < 0 or args.keep_last < 1:
+        raise UsageError(f"--save-every {args.save_every} / --keep-last {args.keep_last}: must be ≥ 0 / ≥ 1")
+    args.resume_path = resolve_resume(args.resume, args.output_dir / "checkpoints")
+    if args.resume_path is not None:
+        check_compatible(args.resume_path, config.to_dict())
     if (args.output_dir / "model.safetensors").exists() and not args.overwrite:
         raise UsageError(
             f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)"
@@ -233,13 +272,24 @@ def run(args: argparse.Namespace) -> Path:
     mean = stats_tensor(config.image_mean, accelerator.device)
     std = stats_tensor(config.image_std, accelerator.device)
 
-    hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if v is not None}
-    hparams.pop("schedule", None)
-    accelerator.init_trackers(
-        "tensorboard", config={k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
-    )
+    hparams = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    hparams = {
+        k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
+    }
+    accelerator.init_trackers("tensorboard", config=hparams)
     metrics_file = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
+    step, start_epoch = 0, 0
+    if args.resume_path is not None:
+        # model, optimizer (DeepSpeed shards included) and every rank's python/numpy/torch RNG
+        accelerator.load_state(str(args.resume_path))
+        state = read_state(args.resume_path)
+        step, start_epoch = state["step"], state["sampler"]["epoch"]
+        loader.load_state_dict(state["sampler"])
+        accelerator.print(
+            f"resumed from {args.resume_path} at step {step} (epoch {start_epoch}, "
+            f"batch {state['sampler']['batch']})"
+        )
+    if accelerator.is_main_process and args.resume_path is None:
         metrics_file.write_text("")
         accelerator.print(
             f"pretraining {args.model} ({args.progressive} schedule, final {args.resolution}px) on "
@@ -248,14 +298,27 @@ def run(args: argparse.Namespace) -> Path:
             f"{effective_batch}, peak lr {peak_lr:.3g}, {total_steps} steps"
         )
 
-    step = 0
     window = {"loss": torch.zeros((), device=accelerator.device), "micro": 0, "images": 0, "wait": 0.0}
     window_start = time.perf_counter()
     progress = tqdm(
-        total=total_steps, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True
+        total=total_steps,
+        initial=step,
+        disable=not accelerator.is_local_main_process,
+        desc="pretrain",
+        dynamic_ncols=True,
     )
+
+    def checkpoint() -> None:
+        state = {
+            "step": step,
+            "sampler": loader.state_dict(),
+            "model_config": config.to_dict(),
+            "args": hparams,
+        }
+        save_checkpoint(accelerator, output_dir / "checkpoints", step, state, args.keep_last)
+
     model.train()
-    for epoch in range(args.epochs):
+    for epoch in range(start_epoch, args.epochs):
         if step >= total_steps:
             break
         batch_iter = loader.epoch(epoch)
@@ -304,8 +367,12 @@ def run(args: argparse.Namespace) -> Path:
                 progress.set_postfix(loss=f"{mean_loss:.4f}", res=batch.resolution, lr=f"{lr:.2e}")
                 window = {"loss": window["loss"].zero_(), "micro": 0, "images": 0, "wait": 0.0}
                 window_start = time.perf_counter()
+            if args.save_every and step % args.save_every == 0 and step < total_steps:
+                checkpoint()
             if step >= total_steps:
                 break
+        if step < total_steps:
+            checkpoint()  # epoch end: the resume point after a crash (the last step saves the model instead)
     progress.close()
 
     final = save_model(accelerator, model, config, output_dir)
@@ -316,6 +383,18 @@ def run(args: argparse.Namespace) -> Path:
         accelerator.get_tracker("tensorboard", unwrap=True).add_image(
             "reconstruction", picture, step, dataformats="HWC"
         )
+    if accelerator.is_main_process and args.push_to_hub:
+        from ..hub import push_to_hub
+
+        url = push_to_hub(
+            output_dir,
+            args.push_to_hub,
+            token=args.hub_token,
+            private=args.hub_private,
+            revision=args.hub_revision,
+            endpoint=args.hub_endpoint,
+        )
+        accelerator.print(f"pushed to {args.push_to_hub}: {url}")
     accelerator.end_training()
     if accelerator.is_main_process:
         accelerator.print(
@@ -332,7 +411,7 @@ def save_model(accelerator, model, config: MAEConfig, output_dir: Path) -> MAEFo
     accelerator.wait_for_everyone()
     final = None
     if accelerator.state.deepspeed_plugin is not None:
-        checkpoint = output_dir / "checkpoints" / "final"
+        checkpoint = output_dir / "checkpoints" / "final"  # not step_*: never a resume point
         accelerator.save_state(str(checkpoint))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -1,0 +1,104 @@
+"""Reproducible augmentation inside FFCV's compiled pipeline.
+
+FFCV's stock RandomResizedCrop and RandomHorizontalFlip draw from numba's per-thread random generators,
+whose states depend on which decode thread handles which sample: two runs with the same seed get different
+crops, and a resumed run cannot replay the crops it would have seen. Here every sample re-seeds its
+thread's generator from (run seed, sample id, the batch it is in, its position) before drawing its crop and
+flip. The batch composition comes from the sampler's (seed, epoch) permutation, so crops differ from epoch
+to epoch yet are identical for the same run seed — whatever the worker count, and after a resume.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder, get_random_crop
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.compiler import Compiler
+from numba import njit
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(nogil=True)
+def mix64(state: np.uint64, value: np.uint64) -> np.uint64:
+    """One splitmix64 round folding ``value`` into ``state`` (wrapping uint64 arithmetic)."""
+    z = state + _GOLDEN + value
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(nogil=True)
+def sample_seed(run_seed, sample_id, batch_first, batch_last, position) -> int:
+    """A 31-bit seed for one sample of one batch."""
+    z = mix64(np.uint64(run_seed), np.uint64(sample_id))
+    z = mix64(z, np.uint64(batch_first))
+    z = mix64(z, np.uint64(batch_last))
+    z = mix64(z, np.uint64(position))
+    return int(z >> np.uint64(33))
+
+
+@njit(nogil=True)
+def flip_in_place(image: np.ndarray) -> None:
+    """Mirror an ``(H, W, C)`` image left-right without a temporary image."""
+    width = image.shape[1]
+    for x in range(width // 2):
+        for y in range(image.shape[0]):
+            for c in range(image.shape[2]):
+                left = image[y, x, c]
+                image[y, x, c] = image[y, width - 1 - x, c]
+                image[y, width - 1 - x, c] = left
+
+
+class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
+    """FFCV's RandomResizedCrop (same crop distribution, same decode and resize kernels) plus a horizontal
+    flip with probability ``flip_prob``, both drawn reproducibly per sample (see the module docstring).
+    ``output_size`` can change between epochs without recompiling, as with the stock decoder."""
+
+    includes_flip = True  # the loader adds no separate flip stage
+
+    def __init__(
+        self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: int = 0, flip_prob: float = 0.5
+    ):
+        super().__init__(output_size, scale=scale, ratio=ratio)
+        self.seed = seed
+        self.flip_prob = flip_prob
+
+    def generate_code(self):
+        jpg = IMAGE_MODES["jpg"]
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        get_crop_c = Compiler.compile(get_random_crop)
+        seed_c, flip_c = sample_seed, flip_in_place  # already compiled (numba needs callees compiled)
+        scale, ratio = np.array(self.scale), np.array(self.ratio)
+        run_seed, flip_prob = np.uint64(self.seed), self.flip_prob
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            count = len(batch_indices)
+            for dst_ix in my_range(count):
+                source_ix = batch_indices[dst_ix]
+                np.random.seed(
+                    seed_c(run_seed, source_ix, batch_indices[0], batch_indices[count - 1], dst_ix)
+                )
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    image = buffer.reshape(-1)[: 3 * height * width].reshape(height, width, 3)
+                else:
+                    image = image_data.reshape(height, width, 3)
+                i, j, h, w = get_crop_c(height, width, scale, ratio)
+                resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
+                if np.random.random() < flip_prob:
+                    flip_c(destination[dst_ix])
+            return destination[:count]
+
+        decode.is_parallel = True
+        return decode

@@ -1,0 +1,92 @@
+"""Checkpoints that survive crashes: ``accelerator.save_state`` into ``step_XXXXXXXX.tmp/``, renamed to
+``step_XXXXXXXX/`` only once every rank has written and ``trainer_state.json`` (step, sampler position,
+schedule, model config) is in place. A kill at any moment leaves the previous checkpoint intact; leftover
+``.tmp`` folders are ignored and cleaned up. The last ``keep_last`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import UsageError
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "step_"
+# Config keys that describe the network; resuming with a different value is refused.
+_IGNORED_CONFIG_KEYS = {"transformers_version", "architectures", "torch_dtype", "dtype", "_name_or_path"}
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and p.suffix != ".tmp" and (p / STATE_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def resolve_resume(spec: str | None, root: Path) -> Path | None:
+    """``--resume auto`` → newest complete checkpoint under ``root`` (None if there is none yet);
+    ``--resume PATH`` → that checkpoint, which must be complete."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        found = complete_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not (path / STATE_FILE).is_file():
+        raise UsageError(f"--resume {path}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    keys = (set(saved) | set(current)) - _IGNORED_CONFIG_KEYS
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def check_compatible(path: Path, current_config: dict) -> dict:
+    """The checkpoint's state, or ``UsageError`` naming the model-config keys that differ."""
+    state = read_state(path)
+    current_config = json.loads(json.dumps(current_config))  # as it would read back (e.g. str dict keys)
+    diff = config_differences(state["model_config"], current_config)
+    if diff:
+        details = ", ".join(
+            f"{k}: {state['model_config'].get(k)!r} → {current_config.get(k)!r}" for k in diff
+        )
+        raise UsageError(f"--resume {path}: the model config differs from the checkpoint's ({details})")
+    return state
+
+
+def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: int) -> Path:
+    """Write a checkpoint collectively (every rank calls this) and publish it atomically."""
+    final = root / f"{PREFIX}{step:08d}"
+    partial = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp_state = partial / (STATE_FILE + ".partial")
+        tmp_state.write_text(json.dumps(state, indent=2))
+        tmp_state.replace(partial / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        for old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(f"{PREFIX}*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
