@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
-APT_PACKAGES := pkg-config libturbojpeg0-dev libopencv-dev
+APT_PACKAGES := pkg-config libturbojpeg0-dev libjpeg62-turbo-dev libopencv-dev
 DEMO_DIR ?= runs/demo
 DEMO_EPOCHS ?= 40
 PYTEST_ARGS ?=
@@ -29,7 +29,7 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt | system-deps
+$(STAMP): pyproject.toml $(wildcard setup.py) constraints.txt $(wildcard mae_trainer/data/crop_decode/*.c) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip "setuptools>=68" wheel
 	$(PIP) "torch==2.14.1" "torchvision==0.29.1" numpy pkgconfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import ROOT, run_cli
 
 
 def assert_one_line_error(result, *needles):
@@ -111,3 +111,16 @@ def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
     assert result.returncode == 0, result.stderr
     assert "wrote 12 images in 2 classes" in result.stdout
     assert (tmp_path / "ok.beton").exists() and (tmp_path / "ok.beton.json").exists()
+
+
+@pytest.mark.parametrize("recipe", ["dailymae_base_800ep_8xa100.yaml", "demo_cpu.yaml"])
+def test_example_recipes_are_valid(recipe):
+    from mae_trainer.cli import apply_recipe, build_parser
+    from mae_trainer.training.pretrain import make_schedule
+
+    parser = build_parser()
+    argv = ["pretrain", "--recipe", str(ROOT / "examples" / recipe)]
+    apply_recipe(parser, argv)
+    args = parser.parse_args(argv)
+    schedule = make_schedule(args, 16)
+    assert schedule.stage(args.epochs - 1).resolution == args.resolution
