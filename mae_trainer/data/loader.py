@@ -35,13 +35,6 @@ def check_beton(path: Path, flag: str = "--data") -> int:
     return int(reader.num_samples)
 
 
-def random_resized_crop_decoder(resolution: int):
-    """FFCV's RandomResizedCrop decoder with MAE's crop distribution (scale 0.2–1, ratio 3/4–4/3)."""
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-
-    return RandomResizedCropRGBImageDecoder((resolution, resolution), scale=RRC_SCALE, ratio=RRC_RATIO)
-
-
 def eval_loader(
     path: Path,
     batch_size: int,
