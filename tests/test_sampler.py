@@ -165,3 +165,17 @@ def test_crops_and_flips_are_reproducible(indexed_beton):
     flipped = pattern.copy()
     flip_in_place(flipped)
     assert np.array_equal(flipped, pattern[:, ::-1])
+
+
+def test_crop_decode_gives_the_same_crops_reproducibly(demo_beton):
+    """--crop-decode: same seeded crops and flips as the full-decode path (PSNR ≥ 30 dB), and reproducible."""
+    stage = ResolutionSchedule(resolution=64, batch_size=32)
+
+    def batches(crop_decode, workers):
+        loader = ProgressiveLoader(demo_beton, stage, num_workers=workers, seed=2, crop_decode=crop_decode)
+        return [b.images.float() for b in loader.epoch(0)]
+
+    full, cropped, again = batches(False, 2), batches(True, 2), batches(True, 1)
+    assert all(torch.equal(a, b) for a, b in zip(cropped, again))
+    psnr = [10 * np.log10(255.0**2 / max(((a - b) ** 2).mean().item(), 1e-9)) for a, b in zip(full, cropped)]
+    assert min(psnr) >= 30, psnr

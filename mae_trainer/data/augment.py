@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder, get_random_crop
 from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from numba import njit
 
@@ -55,30 +56,61 @@ def flip_in_place(image: np.ndarray) -> None:
 class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     """FFCV's RandomResizedCrop (same crop distribution, same decode and resize kernels) plus a horizontal
     flip with probability ``flip_prob``, both drawn reproducibly per sample (see the module docstring).
-    ``output_size`` can change between epochs without recompiling, as with the stock decoder."""
+    ``output_size`` can change between epochs without recompiling, as with the stock decoder.
+
+    ``crop_decode=True`` decodes only the crop of each JPEG sample (:mod:`mae_trainer.data.crop_decode`)."""
 
     includes_flip = True  # the loader adds no separate flip stage
 
-    def __init__(
-        self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: int = 0, flip_prob: float = 0.5
-    ):
+    def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: int = 0,
+                 flip_prob: float = 0.5, crop_decode: bool = False):  # fmt: skip
         super().__init__(output_size, scale=scale, ratio=ratio)
         self.seed = seed
         self.flip_prob = flip_prob
+        self.crop_decode = crop_decode
 
-    def generate_code(self):
+    def declare_state_and_memory(self, previous_state):
+        state, queries = super().declare_state_and_memory(previous_state)
+        if self.crop_decode:  # one int64 region record per sample for the crop decoder
+            from .crop_decode.native import REGION_FIELDS
+
+            queries = (*queries, AllocationQuery((REGION_FIELDS,), np.dtype("<i8")))
+        return state, queries
+
+    def _decode_sample(self):
+        """Compiled ``decode_sample(data, mode, height, width, i, j, h, w, scratch, region, output)``."""
+        if self.crop_decode:
+            from .crop_decode.decoder import compile_sample_decoder
+
+            return compile_sample_decoder()
         jpg = IMAGE_MODES["jpg"]
-        mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
         resize_crop_c = Compiler.compile(resize_crop)
+
+        def decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output):
+            if mode == jpg:
+                imdecode_c(image_data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
+                image = scratch.reshape(-1)[: 3 * height * width].reshape(height, width, 3)
+            else:
+                image = image_data.reshape(height, width, 3)
+            resize_crop_c(image, i, i + h, j, j + w, output)
+            return 0
+
+        return Compiler.compile(decode_sample)
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        decode_sample_c = self._decode_sample()
         get_crop_c = Compiler.compile(get_random_crop)
         seed_c, flip_c = sample_seed, flip_in_place  # already compiled (numba needs callees compiled)
         scale, ratio = np.array(self.scale), np.array(self.ratio)
         run_seed, flip_prob = np.uint64(self.seed), self.flip_prob
+        with_regions = self.crop_decode
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, temp_storage = my_storage
+            destination, scratch = my_storage[0], my_storage[1]
+            regions = my_storage[2] if with_regions else my_storage[1]  # unused without crop decode
             count = len(batch_indices)
             for dst_ix in my_range(count):
                 source_ix = batch_indices[dst_ix]
@@ -88,14 +120,9 @@ class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                if field["mode"] == jpg:
-                    buffer = temp_storage[dst_ix]
-                    imdecode_c(image_data, buffer, height, width, height, width, 0, 0, 1, 1, False, False)
-                    image = buffer.reshape(-1)[: 3 * height * width].reshape(height, width, 3)
-                else:
-                    image = image_data.reshape(height, width, 3)
                 i, j, h, w = get_crop_c(height, width, scale, ratio)
-                resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
+                decode_sample_c(image_data, field["mode"], height, width, i, j, h, w, scratch[dst_ix],
+                                regions[dst_ix], destination[dst_ix])  # fmt: skip
                 if np.random.random() < flip_prob:
                     flip_c(destination[dst_ix])
             return destination[:count]

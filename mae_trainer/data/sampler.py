@@ -106,7 +106,8 @@ class ProgressiveLoader:
 
     RandomResizedCrop (MAE's scale 0.2–1, ratio 3/4–4/3) and horizontal flip, drawn reproducibly from
     ``seed`` (:mod:`mae_trainer.data.augment`), uint8 output; normalisation happens on the device in the
-    training step. ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
+    training step. ``crop_decode`` decodes only the crop of JPEG samples (same crops, seeded the same way).
+    ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
     ``output_size`` between epochs.
     """
 
@@ -122,6 +123,7 @@ class ProgressiveLoader:
         os_cache: bool = True,
         batches_ahead: int = 2,
         decoder=None,
+        crop_decode: bool = False,
     ):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader
@@ -135,7 +137,7 @@ class ProgressiveLoader:
         first = schedule.stage(0)
         if decoder is None:
             decoder = SeededRandomResizedCrop(
-                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed
+                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed, crop_decode=crop_decode
             )
         image_pipeline = [decoder]
         if not getattr(decoder, "includes_flip", False):

@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, default=None, help="training .beton (mae-trainer write-dataset)")
     data.add_argument("--num-workers", type=int, default=8, help="FFCV decode threads per process")
+    data.add_argument(
+        "--crop-decode",
+        action="store_true",
+        help="decode only the crop region of JPEG samples (libjpeg crop/skip + DCT scaling)",
+    )
     data.add_argument("--batches-ahead", type=int, default=2, help="batches FFCV prepares in advance")
     data.add_argument(
         "--no-os-cache",
@@ -250,6 +255,7 @@ def run(args: argparse.Namespace) -> Path:
         num_workers=args.num_workers,
         seed=args.seed,
         os_cache=not args.no_os_cache,
+        crop_decode=args.crop_decode,
         batches_ahead=args.batches_ahead,
     )
     batches = [loader.batches_in_epoch(epoch) for epoch in range(args.epochs)]

@@ -1,0 +1,110 @@
+"""``CropDecodeRGBImageDecoder``: FFCV's RandomResizedCrop decoder, decoding only the crop of JPEG samples.
+
+It is a drop-in for ``ffcv.fields.rgb_image.RandomResizedCropRGBImageDecoder`` and subclasses it, so the
+crop distribution, the buffers and the way a new ``output_size`` is picked up between epochs are FFCV's:
+``declare_state_and_memory`` (run by every epoch's memory allocation) sizes the output buffer from
+``self.output_size``, and the compiled code reads the size from that buffer, so nothing is recompiled.
+The crop comes from FFCV's own ``get_random_crop``, drawn once per sample in the same order as the stock
+decoder, so with the same numba RNG state both decoders pick identical crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.state import State
+
+from .native import REGION_FIELDS, crop_decode, resize_area
+
+
+def compile_sample_decoder() -> Callable:
+    """Compile ``decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output)``: crop
+    ``(i, j, h, w)`` of one FFCV image sample resized into ``output`` (HWC uint8). ``scratch`` is the uint8
+    buffer FFCV's decoder uses for a full decode, ``region`` an int64[5]. Returns the crop decoder's status
+    (negative: the sample took FFCV's path; raw samples return 0). Usable from other FFCV decoders."""
+    jpg = IMAGE_MODES["jpg"]
+    crop_decode_c = Compiler.compile(crop_decode)
+    resize_area_c = Compiler.compile(resize_area)
+    imdecode_c = Compiler.compile(imdecode)
+    resize_crop_c = Compiler.compile(resize_crop)
+
+    def decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output):
+        status = 0
+        if mode == jpg:
+            status = crop_decode_c(
+                image_data, height, width, i, j, h, w, output.shape[0], output.shape[1], scratch, region
+            )
+            if status >= 0:
+                # The decoded region (rows, cols) starts at scaled pixel (row0, col0) and covers the crop.
+                rows, cols, denominator, row0, col0 = region[0], region[1], region[2], region[3], region[4]
+                decoded = scratch[: rows * cols * 3].reshape(rows, cols, 3)
+                if h < output.shape[0] or w < output.shape[1]:
+                    # Enlarging (never DCT-scaled): FFCV's resize, identical to the stock decoder's output.
+                    top, left = i - row0, j - col0
+                    resize_crop_c(decoded, top, top + h, left, left + w, output)
+                    return status
+                # Shrinking: area-resample the crop box, in scaled pixels when DCT-scaled (fractional
+                # edges then). Same filter as OpenCV's INTER_AREA (within 1 level), twice as fast.
+                resized = resize_area_c(
+                    decoded, i / denominator - row0, j / denominator - col0,
+                    h / denominator, w / denominator, output,
+                )  # fmt: skip
+                if resized >= 0:
+                    return status
+                status = resized
+            # What the crop decoder rejects gets FFCV's full decode (TurboJPEG), as with the stock decoder.
+            # Zeroed first: what neither can decode comes out black, not as a previous sample's leftovers.
+            scratch[: 3 * height * width] = 0
+            imdecode_c(image_data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
+            image = scratch[: 3 * height * width].reshape(height, width, 3)
+        else:
+            image = image_data.reshape(height, width, 3)
+        resize_crop_c(image, i, i + h, j, j + w, output)
+        return status
+
+    return Compiler.compile(decode_sample)
+
+
+class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
+    """RandomResizedCrop to ``output_size`` (uint8 HWC) that, for JPEG samples, decodes only the crop
+    (libjpeg crop/skip scanlines, DCT scaling when the crop is at least twice the output) and then resizes
+    it. Raw samples, and JPEGs the crop decoder rejects, take FFCV's stock path."""
+
+    def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        super().__init__(output_size, scale=scale, ratio=ratio)
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, tuple[AllocationQuery, ...]]:
+        # FFCV's queries, read from self.output_size at every epoch's allocation: the output, and scratch
+        # for a full decode (the crop region is never larger). Plus one int64[5] region record per sample.
+        state, (output, scratch) = super().declare_state_and_memory(previous_state)
+        return state, (output, scratch, AllocationQuery((REGION_FIELDS,), np.dtype("<i8")))
+
+    def generate_code(self) -> Callable:
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        decode_sample_c = compile_sample_decoder()
+        get_crop_c = Compiler.compile(self.get_crop_generator)
+        scale = np.array(self.scale)
+        ratio = np.array(self.ratio)
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, scratch, regions = my_storage
+            for dst_ix in my_range(len(batch_indices)):
+                field = metadata[batch_indices[dst_ix]]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height = np.uint32(field["height"])
+                width = np.uint32(field["width"])
+                i, j, h, w = get_crop_c(height, width, scale, ratio)
+                decode_sample_c(
+                    image_data, field["mode"], height, width, i, j, h, w,
+                    scratch[dst_ix], regions[dst_ix], destination[dst_ix],
+                )  # fmt: skip
+            return destination[: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode

@@ -1,0 +1,75 @@
+"""ctypes binding of the C part (``cropjpeg.c``, ``resample.c``; built by ``setup.py`` as ``_cropjpeg``).
+
+numba compiles calls to ctypes function pointers with declared ``argtypes`` in nopython mode, so the
+wrappers below are compiled into FFCV's pipeline the way FFCV's own ``imdecode`` and ``resize_crop`` are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from ctypes import c_double, c_int, c_int64, c_uint64, c_void_p
+
+# Return codes (cropjpeg.c, resample.c).
+OK = 0
+CORRUPT = 1  # decoded, but libjpeg warned (corrupt or truncated data); FFCV keeps such images too
+ERR_JPEG = -1  # libjpeg gave up on the data
+ERR_ARGS = -2  # crop box outside the image, empty box or output size
+ERR_BUFFER = -3  # region larger than the scratch buffer
+ERR_MEMORY = -4  # malloc failed (resampler)
+ERR_SIZE = -5  # the JPEG's size is not the one FFCV's metadata records
+
+REGION_FIELDS = 5  # decoded region: rows, cols, scale denominator, first row, first col (scaled pixels)
+
+
+def _library_path() -> str:
+    # find_spec locates the compiled file under its platform suffix (.cpython-311-x86_64-linux-gnu.so) the
+    # way the import system would, editable installs included, without executing it as a module.
+    spec = importlib.util.find_spec(f"{__package__}._cropjpeg")
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            "mae_trainer.data.crop_decode._cropjpeg is not built: reinstall the package "
+            "(pip install -e .), which compiles it against libjpeg (apt: libjpeg62-turbo-dev)"
+        )
+    return spec.origin
+
+
+_lib = ctypes.CDLL(_library_path())
+
+ctypes_crop_decode = _lib.cropjpeg_decode
+ctypes_crop_decode.argtypes = [
+    c_void_p, c_uint64,  # JPEG bytes
+    c_int64, c_int64,  # its expected size (height, width)
+    c_int64, c_int64, c_int64, c_int64,  # crop box y, x, h, w (full-scale pixels)
+    c_int64, c_int64,  # output size (rows, cols): picks the DCT scale
+    c_void_p, c_uint64,  # scratch buffer for the decoded region
+    c_void_p,  # int64[REGION_FIELDS] out
+]  # fmt: skip
+ctypes_crop_decode.restype = c_int
+
+ctypes_resize_area = _lib.cropjpeg_resize_area
+ctypes_resize_area.argtypes = [
+    c_void_p, c_int64, c_int64,  # source image (rows, cols, 3)
+    c_double, c_double, c_double, c_double,  # fractional box y, x, h, w in source pixels
+    c_void_p, c_int64, c_int64,  # destination image (rows, cols, 3)
+]  # fmt: skip
+ctypes_resize_area.restype = c_int
+
+
+def crop_decode(source, height, width, y, x, h, w, out_h, out_w, scratch, region):
+    """Decode crop ``(y, x, h, w)`` of the ``height x width`` JPEG ``source`` (bytes as uint8, to be resized
+    to ``out_h x out_w``) into ``scratch`` (uint8, 1-D); ``region`` (int64[5]) receives its geometry.
+    Returns a status code."""
+    return ctypes_crop_decode(
+        source.ctypes.data, source.size, height, width, y, x, h, w, out_h, out_w,
+        scratch.ctypes.data, scratch.size, region.ctypes.data,
+    )  # fmt: skip
+
+
+def resize_area(source, y, x, h, w, destination):
+    """Area-resample the fractional box ``(y, x, h, w)`` of ``source`` (HWC uint8, contiguous) to fill
+    ``destination`` (HWC uint8, contiguous). Returns a status code."""
+    return ctypes_resize_area(
+        source.ctypes.data, source.shape[0], source.shape[1], y, x, h, w,
+        destination.ctypes.data, destination.shape[0], destination.shape[1],
+    )  # fmt: skip
