@@ -73,7 +73,8 @@ def compile_sample_decoder() -> Callable:
 class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
     """RandomResizedCrop to ``output_size`` (uint8 HWC) that, for JPEG samples, decodes only the crop
     (libjpeg crop/skip scanlines, DCT scaling when the crop is at least twice the output) and then resizes
-    it. Raw samples, and JPEGs the crop decoder rejects, take FFCV's stock path."""
+    it (OpenCV's INTER_AREA filter, as FFCV). Raw samples, and JPEGs the crop decoder rejects, take FFCV's
+    stock path."""
 
     def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         super().__init__(output_size, scale=scale, ratio=ratio)
