@@ -2,9 +2,10 @@
 
 Same real-photo source (crops of scikit-image's bundled photos, JPEG quality 90, long side ≤ 320 px), same
 crop distribution (scale 0.2–1, ratio 3/4–4/3) and flip, uint8 CHW output, same batch size and worker count.
-Ours reads a jpg .beton and a smart .beton written from those files; the baseline decodes the JPEG files
-with PIL in DataLoader workers. One warm-up epoch each (FFCV compiles its pipeline with numba then — its
-cost is reported as `first_epoch_compile_s`), then timed epochs. One JSON line per (resolution, format).
+Ours reads jpg (full decode and crop decode), smart and raw .beton files written from those files; the
+baseline decodes the JPEG files with PIL in DataLoader workers. One warm-up epoch each (FFCV compiles its
+pipeline with numba then — its cost is reported as `first_epoch_compile_s`), then timed epochs. One JSON
+line per (resolution, format, crop decode).
 
     .venv/bin/python benchmarks/loader.py [--sizes 112,160,224] [--workers 2] [--epochs 2] [--work DIR]
 """
@@ -69,15 +70,18 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     folder = photo_folder(args.work, per_photo=64)
-    betons = {mode: beton(folder, mode) for mode in ("jpg", "smart")}
+    betons = {mode: beton(folder, mode) for mode in ("jpg", "smart", "raw")}
+    variants = [("jpg", False), ("jpg", True), ("smart", False), ("raw", False)]
     torch.set_num_threads(1)
     for size in map(int, args.sizes.split(",")):
         baseline_loader = torch_loader(folder, size, args.batch, args.workers)
         base_first, base_rate = timed_epochs(lambda _epoch, dl=baseline_loader: dl, args.epochs)
         del baseline_loader  # stop its workers before timing ours
-        for mode, path in betons.items():
+        for mode, crop_decode in variants:
             schedule = ResolutionSchedule(resolution=size, batch_size=args.batch)
-            ours = ProgressiveLoader(path, schedule, num_workers=args.workers, seed=0)
+            ours = ProgressiveLoader(
+                betons[mode], schedule, num_workers=args.workers, seed=0, crop_decode=crop_decode
+            )
             first, rate = timed_epochs(lambda epoch, loader=ours: loader.epoch(epoch), args.epochs)
             compile_s = first - ours.batches_in_epoch(0) * args.batch / rate  # first epoch minus a steady one
             print(
@@ -86,6 +90,7 @@ def main() -> None:
                         "benchmark": "loader",
                         "resolution": size,
                         "format": mode,
+                        "crop_decode": crop_decode,
                         "workers": args.workers,
                         "batch": args.batch,
                         "baseline": "torch DataLoader + PIL RandomResizedCrop on the JPEG files",

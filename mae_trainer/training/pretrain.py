@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--output-dir", type=Path, default=Path("runs/pretrain"))
     run.add_argument("--overwrite", action="store_true", help="reuse an output directory that holds a model")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800,
+        help="seconds a collective may wait for the other ranks before the run fails (a dead node)",
+    )
     ckpt = parser.add_argument_group("checkpoints")
     ckpt.add_argument(
         "--save-every",
@@ -150,6 +157,8 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
         raise UsageError(f"--max-steps {args.max_steps}: must be at least 1")
     if not 0 <= args.warmup_epochs < args.epochs:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs={args.epochs})")
+    if args.dist_timeout <= 0:
+        raise UsageError(f"--dist-timeout {args.dist_timeout}: must be positive (seconds)")
     if args.batches_ahead < 1:
         raise UsageError(f"--batches-ahead {args.batches_ahead}: must be at least 1")
     args.schedule = make_schedule(args, patch)
@@ -208,14 +217,14 @@ def make_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    handlers = []
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=args.dist_timeout))]
     launched = (
         any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK"))
         or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     )
     if launched and not torch.cuda.is_available():
         # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(seconds=args.dist_timeout))]
     accelerator = Accelerator(
         gradient_accumulation_steps=args.grad_accum,
         log_with="tensorboard",
