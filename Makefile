@@ -41,11 +41,11 @@ demo: install
 	$(BIN)/mae-trainer write-dataset --source embedded --output $(DEMO_DIR)/demo.beton --max-resolution 160 --overwrite
 	$(BIN)/accelerate launch --config_file accelerate_configs/cpu_2proc.yaml -m mae_trainer pretrain \
 	  --data $(DEMO_DIR)/demo.beton --model tiny --resolution 112 --epochs $(DEMO_EPOCHS) --warmup-epochs 4 \
-	  --batch-size 32 --blr 5e-3 --num-workers 1 --log-every 8 --output-dir $(DEMO_DIR)/model --overwrite
+	  --batch-size 32 --blr 5e-3 --num-workers 1 --log-every 8 --recon-every 80 --output-dir $(DEMO_DIR)/model --overwrite
 	@echo; echo "demo done:"; \
 	  echo "  model:          $(DEMO_DIR)/model  (AutoModelForPreTraining.from_pretrained after 'import mae_trainer')"; \
 	  echo "  tensorboard:    $(BIN)/tensorboard --logdir $(DEMO_DIR)/model/tensorboard"; \
-	  echo "  reconstruction: $(DEMO_DIR)/model/reconstruction.png"
+	  echo "  reconstruction: $(DEMO_DIR)/model/reconstruction.png (every 80 steps: $(DEMO_DIR)/model/reconstructions/)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

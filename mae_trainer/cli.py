@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import TrainingError, UsageError, is_lost_peer
 
 
 def _write_dataset(args: argparse.Namespace) -> None:
@@ -52,7 +52,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _reconstruct(args: argparse.Namespace) -> None:
     from .data.loader import check_beton
     from .modeling import MAEForPreTraining
-    from .training.pretrain import write_reconstruction
+    from .training.pretrain import fixed_images
+    from .training.visualize import reconstruction_grid, save_png
 
     if not (args.model / "config.json").exists():
         raise UsageError(f"--model {args.model}: no config.json (expected a save_pretrained directory)")
@@ -64,7 +65,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
             f"--resolution {resolution}: not a multiple of the patch size {model.config.patch_size}"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_reconstruction(model, args.data, resolution, args.count, args.output)
+    save_png(reconstruction_grid(model, fixed_images(args.data, resolution, args.count)), args.output)
     print(f"reconstruction grid: {args.output}")
 
 
@@ -118,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_arguments(train)
     train.set_defaults(func=_pretrain)
     parser.pretrain_parser = train  # recipe files set this sub-command's defaults
+
+    from .downstream import finetune
+
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained encoder for classification (accelerate launch to distribute)",
+    )
+    finetune.add_arguments(tune)
+    tune.set_defaults(func=finetune.run)
 
     from . import hub
 
@@ -173,9 +183,26 @@ def apply_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     pretrain.set_defaults(**settings)
 
 
+def lost_peer_message(err: RuntimeError, args: argparse.Namespace) -> str:
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    message = (
+        f"lost contact with the other ranks ({first}): another node died, hung or left the network "
+        f"(a hang is noticed after --dist-timeout {getattr(args, 'dist_timeout', '?')} s). Check the other "
+        "nodes' logs, then rerun with --resume auto"
+    )
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir is not None:
+        from .training.checkpoint import complete_checkpoints
+
+        found = complete_checkpoints(Path(output_dir) / "checkpoints")
+        message += f" (last complete checkpoint: {found[-1]})" if found else " (no checkpoint yet)"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    args = argparse.Namespace()
     try:
         apply_recipe(parser, argv)
         args = parser.parse_args(argv)
@@ -183,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"mae-trainer: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"mae-trainer: run stopped: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if not is_lost_peer(err):
+            raise
+        print(f"mae-trainer: run stopped: {lost_peer_message(err, args)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mae-trainer: interrupted", file=sys.stderr)
         return 130

@@ -3,3 +3,31 @@
 
 class UsageError(Exception):
     """Bad input from the user: a flag value, a missing or unreadable file. The message names it."""
+
+
+class TrainingError(Exception):
+    """A run that had to stop (non-finite loss, a checkpoint that could not be written). The message says
+    what happened, at which step, and which checkpoint to resume from; nothing already saved is touched."""
+
+
+_LOST_PEER_MARKERS = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Timed out waiting",
+    "gloo/transport",
+    "NCCL",
+    "Watchdog",
+)
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """A collective that failed because another rank died, hung or left the network (gloo/NCCL report
+    these as ``RuntimeError``/``DistBackendError``) — only meaningful while a process group exists."""
+    import torch.distributed as dist
+
+    return (
+        isinstance(err, RuntimeError)
+        and dist.is_available()
+        and dist.is_initialized()
+        and any(marker in str(err) for marker in _LOST_PEER_MARKERS)
+    )

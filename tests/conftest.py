@@ -49,3 +49,48 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process below it. torchrun starts its workers in their own sessions,
+    so killing the launcher's process group alone leaves a worker training (a machine that dies takes all
+    of them). The tree is collected first, then everything is killed at once."""
+    import signal
+
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def launch_cmd(config: str, *args: str) -> list[str]:
+    """``accelerate launch --config_file accelerate_configs/CONFIG -m mae_trainer ARGS...``"""
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / config),
+        "-m",
+        "mae_trainer",
+        *args,
+    ]
+
+
+def small_embedded_beton(folder: Path, limit: int, max_resolution: int) -> Path:
+    """The first ``limit`` images of the embedded set as a jpg .beton (a few steps per epoch)."""
+    from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
+
+    source = embedded_source()
+    source.select(limit=limit)
+    path = folder / "small.beton"
+    write_beton(source, path, WriteSettings(max_resolution=max_resolution, write_mode="jpg", num_workers=1))
+    return path

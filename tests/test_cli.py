@@ -113,7 +113,7 @@ def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
     assert (tmp_path / "ok.beton").exists() and (tmp_path / "ok.beton.json").exists()
 
 
-@pytest.mark.parametrize("recipe", ["dailymae_base_800ep_8xa100.yaml", "demo_cpu.yaml"])
+@pytest.mark.parametrize("recipe", ["dailymae_base_800ep_8xa100.yaml", "demo_cpu.yaml", "single_gpu.yaml"])
 def test_example_recipes_are_valid(recipe):
     from mae_trainer.cli import apply_recipe, build_parser
     from mae_trainer.training.pretrain import make_schedule

@@ -10,22 +10,13 @@ import sys
 
 import pytest
 
-from .conftest import BIN, ROOT
+from .conftest import ROOT, launch_cmd
 
 pytestmark = pytest.mark.slow
 
 
 def launch(config: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [
-        str(BIN / "accelerate"),
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / config),
-        "-m",
-        "mae_trainer",
-        "pretrain",
-        *args,
-    ]
+    cmd = launch_cmd(config, "pretrain", *args)
     return subprocess.run(
         cmd,
         cwd=ROOT,
@@ -41,9 +32,20 @@ def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
     flags = (
         "--model tiny --resolution 64 --epochs 2 --warmup-epochs 0.25 --batch-size 16 --blr 5e-3 "
         "--num-workers 1 --log-every 1 --recon-images 4 --progressive steps --resolution-steps 0:48,1:64 "
-        "--mask-schedule constant-visible"
+        "--mask-schedule constant-visible --recon-every 10"
     ).split()
-    result = launch("cpu_2proc.yaml", "--data", str(demo_beton), "--output-dir", str(out), *flags)
+    result = launch(
+        "cpu_2proc.yaml",
+        "--data",
+        str(demo_beton),
+        "--recon-data",
+        str(demo_beton),
+        "--output-dir",
+        str(out),
+        "--global-batch-size",
+        "32",  # → 16 per rank
+        *flags,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
 
@@ -63,6 +65,34 @@ def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
     assert {(r["resolution"], r["mask_ratio"]) for r in records[:16]} == {(48, 0.5556)}
     assert {(r["resolution"], r["mask_ratio"]) for r in records[16:]} == {(64, 0.75)}
     assert all(0 <= r["data_wait_fraction"] < 1 for r in records)
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records)  # DeepSpeed's norm
+    assert {r["batch_size"] for r in records} == {16}
+
+    # grids of the same held-out images every 10 steps (PNG + TensorBoard), and the final one
+    assert sorted(p.name for p in (out / "reconstructions").glob("*.png")) == [
+        f"step_{s:08d}.png" for s in (10, 20, 30)
+    ]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert [e.step for e in events.Images("reconstruction")] == [10, 20, 30, 32]
+    assert {"train/grad_norm", "train/resolution", "train/mask_ratio"} <= set(events.Tags()["scalars"])
+
+    # the resolved config is a recipe that reproduces these settings
+    from mae_trainer.cli import apply_recipe, build_parser
+
+    parser = build_parser()
+    argv = ["pretrain", "--recipe", str(out / "resolved_config.yaml")]
+    apply_recipe(parser, argv)
+    again = parser.parse_args(argv)
+    assert (again.batch_size, again.global_batch_size, again.resolution_steps, again.recon_every) == (
+        16,
+        32,
+        "0:48,1:64",
+        10,
+    )
+    assert again.data == demo_beton and again.model == "tiny" and again.mask_schedule == "constant-visible"
 
     assert (out / "reconstruction.png").stat().st_size > 1000
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 
 import pytest
 from safetensors.torch import load_file
 
-from .conftest import BIN, ROOT, run_cli
+from .conftest import BIN, ROOT, kill_tree, launch_cmd, run_cli, small_embedded_beton
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +21,7 @@ FLAGS = (
 
 
 def start(data, out, *extra, launcher=None):
-    cmd = (
-        [str(BIN / "mae-trainer"), "pretrain"]
-        if launcher is None
-        else [
-            str(BIN / "accelerate"),
-            "launch",
-            "--config_file",
-            str(ROOT / "accelerate_configs" / launcher),
-            "-m",
-            "mae_trainer",
-            "pretrain",
-        ]
-    )
+    cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
     return subprocess.Popen(
         [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra],
         cwd=ROOT,
@@ -52,7 +39,7 @@ def kill_after_checkpoint(proc, out, name="step_00000008", timeout=600):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, mid-epoch
+    kill_tree(proc.pid)  # the launcher and every worker, mid-epoch
     proc.wait()
 
 
@@ -64,13 +51,9 @@ def finish(proc):
 
 @pytest.fixture(scope="module")
 def small_beton(tmp_path_factory):
-    from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
-
-    source = embedded_source()
-    source.select(limit=160)  # 10 steps per epoch at batch 16
-    path = tmp_path_factory.mktemp("resume") / "small.beton"
-    write_beton(source, path, WriteSettings(max_resolution=64, write_mode="jpg", num_workers=1))
-    return path
+    return small_embedded_beton(
+        tmp_path_factory.mktemp("resume"), limit=160, max_resolution=64
+    )  # 10 steps/epoch
 
 
 def test_fp32_single_process_resume_is_bitwise(small_beton, tmp_path):

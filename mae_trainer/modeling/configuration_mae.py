@@ -69,6 +69,10 @@ class MAEConfig(PretrainedConfig):
         qkv_bias: bias on the fused query/key/value projection.
         initializer_range: std of the normal init of the class and mask tokens.
         image_mean / image_std: normalisation applied to 0..1 pixels before the model (ImageNet defaults).
+        drop_path_rate: stochastic depth of the encoder's last block (linearly 0 → this over the blocks);
+            0 for pre-training, 0.1 (B) / 0.2 (L) for fine-tuning as the reference MAE.
+        global_pool: classification feature: ``"avg"`` (mean of the patch tokens, then ``fc_norm``, the
+            reference MAE fine-tune) or ``"token"`` (the class token after the encoder's final norm).
     """
 
     model_type = "mae_trainer_mae"
@@ -93,6 +97,8 @@ class MAEConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         image_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,6 +120,8 @@ class MAEConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
+        self.drop_path_rate = drop_path_rate
+        self.global_pool = global_pool
         self._validate()
 
     def _validate(self) -> None:
@@ -131,6 +139,10 @@ class MAEConfig(PretrainedConfig):
                 f"decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
                 f"decoder_num_attention_heads={self.decoder_num_attention_heads}"
             )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        if self.global_pool not in ("avg", "token"):
+            raise ValueError(f"global_pool={self.global_pool!r} must be 'avg' or 'token'")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
 

@@ -111,6 +111,15 @@ def _rename(ours: str) -> str:
     return _TOP_RENAMES[ours]
 
 
+def _qkv_keys(ours: str) -> list[str] | None:
+    """Our fused ``...attn.qkv.{weight,bias}`` → the three vit_mae keys it splits into (q, k, v order);
+    ``None`` for every other key."""
+    if not (ours.endswith("attn.qkv.weight") or ours.endswith("attn.qkv.bias")):
+        return None
+    pattern = _rename(ours.replace("attn.qkv", "attn.proj")).replace("o_proj", "{}_proj")
+    return [pattern.format(name) for name in "qkv"]
+
+
 def _native_tables(config: MAEConfig) -> dict[str, torch.Tensor]:
     grid = config.image_size // config.patch_size
     return {
@@ -122,10 +131,10 @@ def _native_tables(config: MAEConfig) -> dict[str, torch.Tensor]:
 def to_vit_mae_state_dict(model: MAEForPreTraining) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in model.state_dict().items():
-        if key.endswith("attn.qkv.weight") or key.endswith("attn.qkv.bias"):
-            base = _rename(key.replace("attn.qkv", "attn.proj")).replace("o_proj", "{}_proj")
-            for name, part in zip("qkv", value.chunk(3, dim=0)):
-                state[base.format(name)] = part.clone()
+        split = _qkv_keys(key)
+        if split:
+            for name, part in zip(split, value.chunk(3, dim=0)):
+                state[name] = part.clone()
         else:
             state[_rename(key)] = value.clone()
     state.update(_native_tables(model.config))
@@ -160,9 +169,9 @@ def from_vit_mae(hf_model_or_dir) -> MAEForPreTraining:
             raise ValueError(f"{key} is not the fixed sin-cos table (max difference {gap:.2e})")
     state = {}
     for key in model.state_dict():
-        if key.endswith("attn.qkv.weight") or key.endswith("attn.qkv.bias"):
-            base = _rename(key.replace("attn.qkv", "attn.proj")).replace("o_proj", "{}_proj")
-            state[key] = torch.cat([theirs[base.format(name)] for name in "qkv"], dim=0)
+        split = _qkv_keys(key)
+        if split:
+            state[key] = torch.cat([theirs[name] for name in split], dim=0)
         else:
             state[key] = theirs[_rename(key)]
     model.load_state_dict(state, strict=True)

@@ -140,11 +140,15 @@ class PositionTable(nn.Module):
         return self._cache[key]
 
 
-def _blocks(config: MAEConfig, width: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
+def _blocks(
+    config: MAEConfig, width: int, depth: int, heads: int, mlp_ratio: float, drop_path: float = 0.0
+) -> nn.ModuleList:
+    """``depth`` timm blocks; stochastic depth rises linearly from 0 to ``drop_path`` (the usual ViT rule)."""
     norm = partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
     return nn.ModuleList(
-        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=config.qkv_bias, norm_layer=norm)
-        for _ in range(depth)
+        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=config.qkv_bias, norm_layer=norm, drop_path=rate)
+        for rate in rates
     )
 
 
@@ -181,7 +185,12 @@ class MAEModel(MAEPreTrainedModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.pos_embed = PositionTable(config.hidden_size)
         self.blocks = _blocks(
-            config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.mlp_ratio
+            config,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.mlp_ratio,
+            config.drop_path_rate,
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -210,13 +219,15 @@ class MAEModel(MAEPreTrainedModel):
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         return_dict: bool | None = None,
+        final_norm: bool = True,
         **kwargs,
     ) -> MAEModelOutput | tuple:
         """Encode normalised images ``(B, C, H, W)``; ``H`` and ``W`` must be multiples of the patch size.
 
         ``noise (B, L)`` fixes which patches are kept (the ``1 - mask_ratio`` smallest); without it the
         mask is drawn with ``torch.rand`` (from ``generator`` when given, for reproducible masks).
-        ``mask_ratio`` defaults to 0 (no masking).
+        ``mask_ratio`` defaults to 0 (no masking). ``final_norm=False`` returns the tokens before the final
+        LayerNorm (what global-average-pool fine-tuning pools, then normalises with its own ``fc_norm``).
         """
         grid_h, grid_w = self.patch_grid(pixel_values)
         batch, num_patches = pixel_values.shape[0], grid_h * grid_w
@@ -241,7 +252,9 @@ class MAEModel(MAEPreTrainedModel):
             ids_restore = torch.arange(num_patches, device=x.device).expand(batch, -1)
         cls = (self.cls_token + pos[:, :1]).expand(batch, -1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = self.norm(_run_blocks(self, self.blocks, x))
+        x = _run_blocks(self, self.blocks, x)
+        if final_norm:
+            x = self.norm(x)
         out = MAEModelOutput(last_hidden_state=x, mask=mask, ids_restore=ids_restore)
         return out if return_dict is not False else out.to_tuple()
 
@@ -342,4 +355,86 @@ class MAEForPreTraining(MAEPreTrainedModel):
         out = MAEForPreTrainingOutput(
             loss=loss, logits=logits, mask=encoded.mask, ids_restore=encoded.ids_restore
         )
+        return out if return_dict is not False else out.to_tuple()
+
+
+@dataclass
+class MAEImageClassifierOutput(ModelOutput):
+    """``logits (B, num_labels)``; ``loss`` when labels were given; ``pooled (B, D)`` the head's input."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+
+class MAEForImageClassification(MAEPreTrainedModel):
+    """The MAE encoder with a linear head: the reference MAE fine-tune.
+
+    ``config.global_pool == "avg"``: mean of the patch tokens before the encoder's final norm, then its own
+    ``fc_norm``; ``"token"``: the class token after the final norm. ``config.drop_path_rate`` sets stochastic
+    depth. ``from_pretrained`` on a pre-training save loads the encoder and drops the decoder; the head
+    starts at N(0, 2e-5) with zero bias, as the reference does.
+
+        MAEForImageClassification.from_pretrained(dir_or_repo, num_labels=10, drop_path_rate=0.1)
+
+    ``labels`` may be class indices ``(B,)`` or soft targets ``(B, num_labels)`` (mixup/cutmix, label
+    smoothing): the loss is the cross-entropy against them either way.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        self.mae = MAEModel(config)
+        self.fc_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.global_pool == "avg"
+            else nn.Identity()
+        )
+        self.head = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is getattr(self, "head", None):
+            nn.init.trunc_normal_(module.weight, std=2e-5)
+            nn.init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mae.cls_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups for timm's layer-wise lr decay (``param_groups_layer_decay``): patch embedding and
+        class token first, then one group per block, then the final norm and head."""
+        return {
+            "stem": r"^mae\.cls_token|^mae\.patch_embed",
+            # the final norm, fc_norm and head are matched by nothing: timm puts them in the last layer
+            # (scale 1), as the reference MAE fine-tune does
+            "blocks": [(r"^mae\.blocks\.(\d+)", None)],
+        }
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The pooled ``(B, D)`` feature the head reads."""
+        avg = self.config.global_pool == "avg"
+        tokens = self.mae(pixel_values, final_norm=not avg).last_hidden_state
+        return self.fc_norm(tokens[:, 1:].mean(dim=1)) if avg else tokens[:, 0]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MAEImageClassifierOutput | tuple:
+        pooled = self.features(pixel_values)
+        logits = self.head(pooled)
+        loss = None
+        if labels is not None:
+            if labels.ndim == 2:  # soft targets
+                loss = torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        out = MAEImageClassifierOutput(loss=loss, logits=logits, pooled=pooled)
         return out if return_dict is not False else out.to_tuple()

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import TrainingError, UsageError, is_lost_peer
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
@@ -68,25 +68,76 @@ def check_compatible(path: Path, current_config: dict) -> dict:
 
 
 def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: int) -> Path:
-    """Write a checkpoint collectively (every rank calls this) and publish it atomically."""
+    """Write a checkpoint collectively (every rank calls this) and publish it atomically.
+
+    A write that fails on any rank (disk full, read-only or vanished directory) raises ``TrainingError`` on
+    every rank, naming the newest complete checkpoint, which is left untouched, as is every older one.
+    """
     final = root / f"{PREFIX}{step:08d}"
     partial = final.with_name(final.name + ".tmp")
+    error: Exception | None = None
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+        except OSError as err:
+            error = err
+    _raise_if_any_rank_failed(accelerator, error, root, partial, step)
+    try:
+        accelerator.save_state(str(partial))
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        if is_lost_peer(err):
+            raise  # not a write failure: the CLI reports the lost rank
+        error = err
+    _raise_if_any_rank_failed(accelerator, error, root, partial, step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        tmp_state = partial / (STATE_FILE + ".partial")
-        tmp_state.write_text(json.dumps(state, indent=2))
-        tmp_state.replace(partial / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        try:
+            tmp_state = partial / (STATE_FILE + ".partial")
+            tmp_state.write_text(json.dumps(state, indent=2))
+            tmp_state.replace(partial / STATE_FILE)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+        except OSError as err:
+            error = err
+    _raise_if_any_rank_failed(accelerator, error, root, partial, step)
+    if accelerator.is_main_process:
         for old in complete_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(f"{PREFIX}*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _raise_if_any_rank_failed(
+    accelerator, error: Exception | None, root: Path, partial: Path, step: int
+) -> None:
+    """Agree across ranks on whether the save failed, so that every rank stops rather than one waiting
+    forever for the others; the half-written ``.tmp`` folder is removed where possible."""
+    import torch
+
+    failed = torch.tensor(0.0 if error is None else 1.0, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, "sum")
+    if failed.item() == 0:
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    previous = complete_checkpoints(root)
+    if error is None:
+        cause = "the write failed on another rank"
+    elif isinstance(error, OSError):
+        cause = f"{error.strerror or error} ({error.filename or partial})"
+    else:
+        cause = str(error).strip() or type(error).__name__
+    raise TrainingError(
+        f"the checkpoint at step {step} could not be written to {partial.parent}: {cause}. "
+        + (
+            f"The previous checkpoint {previous[-1]} is intact: free space or fix the directory, then rerun "
+            "with --resume auto."
+            if previous
+            else "No earlier checkpoint exists."
+        )
+    )

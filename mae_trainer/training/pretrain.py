@@ -21,10 +21,17 @@ import torch
 from ..data.loader import check_beton, normalize, stats_tensor
 from ..data.sampler import ProgressiveLoader
 from ..data.schedules import ResolutionSchedule, parse_steps
-from ..errors import UsageError
+from ..errors import TrainingError, UsageError
 from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
-from .checkpoint import check_compatible, read_state, resolve_resume, save_checkpoint
+from .checkpoint import (
+    check_compatible,
+    complete_checkpoints,
+    read_state,
+    resolve_resume,
+    save_checkpoint,
+)
 from .schedules import scaled_lr, warmup_cosine_lr
+from .visualize import reconstruction_grid, save_png
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--epochs", type=int, default=800)
     optim.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     optim.add_argument("--batch-size", type=int, default=64, help="images per process per micro-step")
+    optim.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=None,
+        help="images per optimizer step over all ranks; sets --batch-size to it ÷ (ranks × --grad-accum)",
+    )
     optim.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     optim.add_argument("--blr", type=float, default=1.5e-4, help="base lr: lr = blr * effective batch / 256")
     optim.add_argument("--lr", type=float, default=None, help="absolute peak lr (overrides --blr)")
@@ -133,7 +146,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hub.add_argument("--hub-endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT or the public Hub)")
     run.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
     run.add_argument(
-        "--recon-images", type=int, default=8, help="images in the final reconstruction grid (0: none)"
+        "--recon-images", type=int, default=8, help="images in each reconstruction grid (0: none)"
+    )
+    run.add_argument(
+        "--recon-every",
+        type=int,
+        default=0,
+        help="optimizer steps between reconstruction grids of the same images (0: only at the end)",
+    )
+    run.add_argument(
+        "--recon-data",
+        type=Path,
+        default=None,
+        help="held-out .beton for the reconstruction grids (default: images spread over --data)",
     )
 
 
@@ -159,10 +184,25 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs={args.epochs})")
     if args.dist_timeout <= 0:
         raise UsageError(f"--dist-timeout {args.dist_timeout}: must be positive (seconds)")
+    if args.recon_every < 0 or args.recon_images < 0:
+        raise UsageError(
+            f"--recon-every {args.recon_every} / --recon-images {args.recon_images}: must be ≥ 0"
+        )
+    if args.global_batch_size is not None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_step = world * args.grad_accum
+        if args.global_batch_size < per_step or args.global_batch_size % per_step:
+            raise UsageError(
+                f"--global-batch-size {args.global_batch_size}: not divisible by {world} rank(s) × "
+                f"--grad-accum {args.grad_accum} = {per_step}; choose a multiple of {per_step}"
+            )
+        args.batch_size = args.global_batch_size // per_step
     if args.batches_ahead < 1:
         raise UsageError(f"--batches-ahead {args.batches_ahead}: must be at least 1")
     args.schedule = make_schedule(args, patch)
     check_beton(args.data)
+    if args.recon_data is not None:
+        check_beton(args.recon_data, "--recon-data")
     config = MAEConfig.from_preset(
         args.model,
         image_size=args.resolution,
@@ -184,7 +224,14 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
         raise UsageError(f"--save-every {args.save_every} / --keep-last {args.keep_last}: must be ≥ 0 / ≥ 1")
     args.resume_path = resolve_resume(args.resume, args.output_dir / "checkpoints")
     if args.resume_path is not None:
-        check_compatible(args.resume_path, config.to_dict())
+        saved = check_compatible(args.resume_path, config.to_dict())["sampler"]
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if (saved["world_size"], saved["seed"]) != (world, args.seed):
+            raise UsageError(
+                f"--resume {args.resume_path}: saved by {saved['world_size']} rank(s) with --seed "
+                f"{saved['seed']}; this run has {world} rank(s) and --seed {args.seed}. Resume with the same "
+                "ranks and seed (each rank's data shard and position depend on them)"
+            )
     if (args.output_dir / "model.safetensors").exists() and not args.overwrite:
         raise UsageError(
             f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)"
@@ -217,14 +264,21 @@ def make_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=args.dist_timeout))]
+    timeout = timedelta(seconds=args.dist_timeout)
+    # Groups created later without a timeout (DeepSpeed's clone of the world group for ZeRO's collectives)
+    # take torch's module default (30 min gloo, 10 min NCCL): make that --dist-timeout too, so that a hung
+    # node ends the run within the bound and not only a dead one.
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
+    handlers = [InitProcessGroupKwargs(timeout=timeout)]
     launched = (
         any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK"))
         or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     )
     if launched and not torch.cuda.is_available():
         # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
-        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(seconds=args.dist_timeout))]
+        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]
     accelerator = Accelerator(
         gradient_accumulation_steps=args.grad_accum,
         log_with="tensorboard",
@@ -292,6 +346,11 @@ def run(args: argparse.Namespace) -> Path:
         k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"
     }
     accelerator.init_trackers("tensorboard", config=hparams)
+    if accelerator.is_main_process:
+        write_resolved_config(args, output_dir / RESOLVED_CONFIG)
+    recon_images = None
+    if accelerator.is_main_process and args.recon_images > 0:
+        recon_images = fixed_images(args.recon_data or args.data, args.resolution, args.recon_images)
     metrics_file = output_dir / "metrics.jsonl"
     step, start_epoch = 0, 0
     if args.resume_path is not None:
@@ -332,6 +391,8 @@ def run(args: argparse.Namespace) -> Path:
         }
         save_checkpoint(accelerator, output_dir / "checkpoints", step, state, args.keep_last)
 
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    grad_norm = None
     model.train()
     for epoch in range(start_epoch, args.epochs):
         if step >= total_steps:
@@ -349,10 +410,16 @@ def run(args: argparse.Namespace) -> Path:
             pixel_values = normalize(batch.images.to(accelerator.device, non_blocking=True), mean, std, dtype)
             with accelerator.accumulate(model):
                 loss = model(pixel_values, mask_ratio=batch.mask_ratio).loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch})")
+                check_finite(accelerator, loss, step + 1, epoch, batch.index, output_dir / "checkpoints")
                 accelerator.backward(loss)
+                logging = (step + 1) % args.log_every == 0 or step + 1 == total_steps
+                if accelerator.sync_gradients and logging and not deepspeed:  # DeepSpeed computes its own
+                    grad_norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in model.parameters() if p.grad is not None]
+                    )
                 optimizer.step()
+                if accelerator.sync_gradients and deepspeed:
+                    grad_norm = model.get_global_grad_norm()
                 optimizer.zero_grad()
             window["loss"] += loss.detach().float()
             window["micro"] += 1
@@ -369,6 +436,7 @@ def run(args: argparse.Namespace) -> Path:
                     "epoch": epoch,
                     "loss": mean_loss,
                     "lr": lr,
+                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "images_per_s": window["images"] / elapsed,
                     "data_wait_fraction": window["wait"] / elapsed,
                     "resolution": batch.resolution,
@@ -384,6 +452,10 @@ def run(args: argparse.Namespace) -> Path:
                 window_start = time.perf_counter()
             if args.save_every and step % args.save_every == 0 and step < total_steps:
                 checkpoint()
+            if recon_images is not None and args.recon_every and step % args.recon_every == 0:
+                log_reconstruction(
+                    accelerator, accelerator.unwrap_model(model), recon_images, step, output_dir
+                )
             if step >= total_steps:
                 break
         if step < total_steps:
@@ -391,10 +463,9 @@ def run(args: argparse.Namespace) -> Path:
     progress.close()
 
     final = save_model(accelerator, model, config, output_dir)
-    if accelerator.is_main_process and args.recon_images > 0:
-        picture = write_reconstruction(
-            final, args.data, args.resolution, args.recon_images, output_dir / "reconstruction.png"
-        )
+    if recon_images is not None:
+        picture = reconstruction_grid(final.float().cpu(), recon_images)
+        save_png(picture, output_dir / "reconstruction.png")
         accelerator.get_tracker("tensorboard", unwrap=True).add_image(
             "reconstruction", picture, step, dataformats="HWC"
         )
@@ -414,52 +485,108 @@ def run(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         accelerator.print(
             f"model: {output_dir} (config.json, model.safetensors)\n"
-            f"tensorboard: {output_dir / 'tensorboard'}\nmetrics: {metrics_file}\n"
-            f"reconstruction: {output_dir / 'reconstruction.png'}"
+            f"tensorboard: {output_dir / 'tensorboard'}\nmetrics: {metrics_file}"
+            + (f"\nreconstruction: {output_dir / 'reconstruction.png'}" if recon_images is not None else "")
         )
     return output_dir
 
 
-def save_model(accelerator, model, config: MAEConfig, output_dir: Path) -> MAEForPreTraining | None:
-    """Save fp32 weights with ``save_pretrained``. Under DeepSpeed the fp32 master copy is sharded across
-    ranks, so the final state goes through a ZeRO checkpoint that is consolidated on the main process."""
+def save_model(
+    accelerator, model, config: MAEConfig, output_dir: Path, model_class=MAEForPreTraining, staging="final"
+):
+    """Save fp32 weights with ``save_pretrained`` (returns the fp32 model on the main process). Under
+    DeepSpeed the fp32 master copy is sharded across ranks, so the state goes through a ZeRO checkpoint
+    (``checkpoints/<staging>``) that is consolidated on the main process."""
     accelerator.wait_for_everyone()
     final = None
     if accelerator.state.deepspeed_plugin is not None:
-        checkpoint = output_dir / "checkpoints" / "final"  # not step_*: never a resume point
+        checkpoint = output_dir / "checkpoints" / staging  # not step_*: never a resume point
         accelerator.save_state(str(checkpoint))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            final = MAEForPreTraining(config)
+            final = model_class(config)
             final.load_state_dict(
                 get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model")
             )
     elif accelerator.is_main_process:
         final = accelerator.unwrap_model(model).float()
     if final is not None:
-        staging = output_dir / ".model.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        final.save_pretrained(staging, safe_serialization=True)
-        for item in staging.iterdir():  # config first, weights last: a model file means a complete save
+        partial = output_dir / ".model.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        final.save_pretrained(partial, safe_serialization=True)
+        for item in partial.iterdir():  # config first, weights last: a model file means a complete save
             item.replace(output_dir / item.name)
-        staging.rmdir()
+        partial.rmdir()
     accelerator.wait_for_everyone()
     return final
 
 
-def write_reconstruction(
-    model: MAEForPreTraining, data: Path, resolution: int, count: int, path: Path
-) -> np.ndarray:
-    """Grid of the first ``count`` images of ``data`` (centre crops): original | masked | reconstructions."""
+def fixed_images(data: Path, resolution: int, count: int) -> torch.Tensor:
+    """``count`` images spread evenly over ``data`` (so across classes), centre-cropped: the same ones in
+    every reconstruction grid of a run, so the grids show progress."""
     from ..data.loader import eval_loader
-    from .visualize import reconstruction_grid, save_png
 
     total = check_beton(data)
-    spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()  # across classes
+    spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
     loader = eval_loader(data, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread)
     images, _ = next(iter(loader))
-    picture = reconstruction_grid(model.float().cpu(), images)
-    save_png(picture, path)
-    return picture
+    return images.clone()  # FFCV reuses its output buffers
+
+
+def log_reconstruction(accelerator, model, images: torch.Tensor, step: int, output_dir: Path) -> None:
+    """Main process only: the grid at ``step`` as a TensorBoard image and ``reconstructions/step_N.png``.
+    Runs the training weights in place (their dtype and device), in eval mode, without gradients."""
+    if not accelerator.is_main_process:
+        return
+    picture = reconstruction_grid(model, images)
+    folder = output_dir / "reconstructions"
+    folder.mkdir(exist_ok=True)
+    save_png(picture, folder / f"step_{step:08d}.png")
+    accelerator.get_tracker("tensorboard", unwrap=True).add_image(
+        "reconstruction", picture, step, dataformats="HWC"
+    )
+
+
+def check_finite(accelerator, loss: torch.Tensor, step: int, epoch: int, batch: int, root: Path) -> None:
+    """Stop every rank together when any rank's loss is NaN/inf, before it reaches the weights or a
+    checkpoint; the error names the step and the last good checkpoint to resume from."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if bad.item() == 0:
+        return
+    found = complete_checkpoints(root)
+    raise TrainingError(
+        f"loss is {loss.item()} at step {step} (epoch {epoch}, batch {batch}) on {int(bad.item())} rank(s); "
+        "nothing from this step was applied or saved. "
+        + (
+            f"Last good checkpoint: {found[-1]} (lower --blr/--lr or lengthen --warmup-epochs, then "
+            "--resume auto)"
+            if found
+            else "No checkpoint was written yet (lower --blr/--lr or lengthen --warmup-epochs)"
+        )
+    )
+
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+_NOT_RECIPE_KEYS = {"func", "command", "recipe", "schedule", "resume_path", "hub_token"}
+
+
+def write_resolved_config(args: argparse.Namespace, path: Path) -> None:
+    """Every flag's final value (recipe file + command line + derived per-rank batch) as a recipe file:
+    ``mae-trainer pretrain --recipe OUTPUT/resolved_config.yaml`` repeats the run."""
+    import yaml
+
+    values = {
+        key.replace("_", "-"): str(value) if isinstance(value, Path) else value
+        for key, value in sorted(vars(args).items())
+        if key not in _NOT_RECIPE_KEYS and not callable(value)
+    }
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(
+        "# Resolved settings of this run (mae-trainer pretrain --recipe THIS_FILE repeats it)\n"
+        + yaml.safe_dump(values, sort_keys=False)
+    )
+    partial.replace(path)

@@ -1,0 +1,144 @@
+"""A run that must stop loses nothing already saved: a kill during a save, a checkpoint directory that
+turns read-only, a loss that becomes NaN. Real `accelerate launch` processes under DeepSpeed ZeRO-1 BF16."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, kill_tree, launch_cmd, small_embedded_beton
+
+pytestmark = pytest.mark.slow
+
+FLAGS = (
+    "--model tiny --resolution 32 --epochs 4 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
+    "--log-every 1 --recon-images 0 --save-every 2 --keep-last 3 --blr 1e-3 --seed 5"
+).split()
+
+
+def command(data: Path, out: Path, *extra: str, config: str = "cpu_1proc.yaml") -> list[str]:
+    return launch_cmd(config, "pretrain", "--data", str(data), "--output-dir", str(out), *FLAGS, *extra)
+
+
+def run(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(data, out, *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small_beton(tmp_path_factory):
+    return small_embedded_beton(tmp_path_factory.mktemp("failures"), limit=96, max_resolution=48)
+
+
+def read_only_bind(folder: Path) -> None:
+    """Make ``folder`` read-only for root too (a bind mount remounted ``ro``), or skip where the
+    container does not allow mounts."""
+    bind = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({bind.stderr.strip()}); needs root with CAP_SYS_ADMIN")
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+
+def test_kill_during_save_then_read_only_disk_then_nan_loss(small_beton, tmp_path):
+    from mae_trainer.training.checkpoint import complete_checkpoints
+
+    out = tmp_path / "run"
+    ckpts = out / "checkpoints"
+
+    # 1. SIGKILL while step 4's checkpoint is being written: step 2's stays the resume point (on a loaded
+    #    machine the kill can land just after the rename; then step 4 is the complete one).
+    proc = subprocess.Popen(
+        command(small_beton, out),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.time() + 600
+        while not (ckpts / "step_00000004.tmp").exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.001)
+        kill_tree(proc.pid)  # the launcher and its worker, mid-save
+        proc.wait(timeout=60)
+    finally:
+        kill_tree(proc.pid)
+    complete = [p.name for p in complete_checkpoints(ckpts)]
+    assert complete in (["step_00000002"], ["step_00000002", "step_00000004"]), complete
+    last = ckpts / complete[-1]
+    last_step = int(last.name[len("step_") :])
+    saved = digest(last)
+
+    # 2. The checkpoint directory is read-only when step 4 is saved: a clear error naming the step and
+    #    the intact checkpoint, a non-zero exit, step 2 byte-for-byte unchanged.
+    read_only_bind(ckpts)
+    try:
+        failed = run(small_beton, out, "--resume", "auto")
+    finally:
+        subprocess.run(["umount", str(ckpts)], check=True)
+    assert failed.returncode != 0
+    assert "resumed from" in failed.stdout and f"at step {last_step}" in failed.stdout, failed.stdout[-2000:]
+    assert "mae-trainer: run stopped:" in failed.stderr, failed.stderr[-3000:]
+    message = failed.stderr[failed.stderr.index("mae-trainer: run stopped:") :].splitlines()[0]
+    assert f"checkpoint at step {last_step + 2} could not be written" in message, message
+    assert "Read-only file system" in message or "cannot be opened" in message, message
+    assert f"{last} is intact" in message and "--resume auto" in message
+    assert [p.name for p in complete_checkpoints(ckpts)] == complete
+    assert digest(last) == saved
+
+    # 3. A learning rate that blows the weights up: the run stops at the first non-finite loss, names
+    #    that step and the last good checkpoint, and writes no checkpoint or model after it.
+    exploded = run(small_beton, out, "--resume", "auto", "--lr", "1e30")
+    assert exploded.returncode != 0
+    message = exploded.stderr[exploded.stderr.index("mae-trainer: run stopped:") :].splitlines()[0]
+    assert "loss is nan at step" in message or "loss is inf at step" in message, message
+    step = int(message.split(" at step ")[1].split()[0])
+    assert last_step + 1 <= step <= last_step + 3, message  # the first update at lr 1e30 breaks the next
+    assert f"Last good checkpoint: {last}" in message
+    assert all(int(p.name[5:]) < step for p in complete_checkpoints(ckpts))
+    assert not (out / "model.safetensors").exists()
+    assert digest(last) == saved
+
+    # 4. Resuming with another seed (other data shards and crops) is refused before any work.
+    other = run(small_beton, out, "--resume", "auto", "--seed", "6")
+    assert other.returncode != 0
+    assert "saved by 1 rank(s) with --seed 5; this run has 1 rank(s) and --seed 6" in other.stderr
+
+    # 5. The intact checkpoint still resumes and the run completes.
+    done = run(small_beton, out, "--resume", "auto", "--max-steps", "6")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "model.safetensors").exists()
+
+
+def test_bad_global_batch_fails_before_any_work(small_beton, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        command(small_beton, out, "--global-batch-size", "20", "--grad-accum", "3", config="cpu_2proc.yaml"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "--global-batch-size 20: not divisible by 2 rank(s) × --grad-accum 3 = 6" in result.stderr
+    assert not out.exists()

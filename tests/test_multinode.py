@@ -1,0 +1,194 @@
+"""Two "machines" on loopback: `accelerate launch --config_file accelerate_configs/multinode.yaml`, started
+once per node with its own ``--machine_rank`` (what examples/slurm_multinode.sbatch does with srun), one
+CPU process per node, DeepSpeed ZeRO-1 BF16 over gloo. Both nodes write into one output directory, as they
+would on a cluster's shared filesystem.
+
+Killing a node: torchrun starts every worker in a session of its own, so the launcher's process group does
+not contain the training process. Each node's processes carry a unique environment tag instead, and a
+"dead machine" is every process with its tag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import BIN, ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+CONFIG = ROOT / "accelerate_configs" / "multinode.yaml"
+TAG = "MAE_TRAINER_TEST_NODE"
+# What the surviving node prints when its peer is gone: our one-line report quoting gloo's first line (a
+# closed socket, or a collective that timed out after --dist-timeout).
+LOST_PEER = re.compile(
+    r"mae-trainer: run stopped: lost contact with the other ranks \(.*(Connection|Timed out)"
+)
+STARTUP_S = 300  # both nodes up and training (first DeepSpeed run on a machine JIT-builds an op, ~60 s)
+DIST_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, rank: int, proc: subprocess.Popen, log: Path, tag: str):
+        self.rank, self.proc, self.log, self.tag = rank, proc, log, tag
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace").replace("\r", "\n")
+
+    def processes(self) -> list[psutil.Process]:
+        """The launcher, torchrun's agent and the worker (in its own session): all carry the tag."""
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get(TAG) == self.tag:
+                    found.append(p)
+            except (psutil.Error, OSError):
+                continue
+        return found
+
+    def signal_all(self, sig: int) -> None:
+        for p in self.processes():
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+
+@contextmanager
+def two_nodes(tmp_path: Path, *args: str):
+    """Start machine 0 and machine 1; on exit SIGKILL whatever either left behind."""
+    port, run_id = free_port(), uuid.uuid4().hex
+    nodes: list[Node] = []
+    try:
+        for rank in (0, 1):
+            cmd = [
+                str(BIN / "accelerate"),
+                "launch",
+                "--config_file",
+                str(CONFIG),
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "-m",
+                "mae_trainer",
+                "pretrain",
+                *args,
+            ]
+            log = tmp_path / f"node{rank}.log"
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", TAG: f"{run_id}-{rank}"}
+            with log.open("w") as sink:
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            nodes.append(Node(rank, proc, log, f"{run_id}-{rank}"))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.signal_all(signal.SIGKILL)  # SIGKILL also ends a stopped process
+            try:
+                os.killpg(node.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            node.proc.wait(timeout=60)
+        for node in nodes:  # the workers are not our children: give them time to vanish
+            deadline = time.monotonic() + 30
+            while node.processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+def tails(nodes: list[Node], chars: int = 3000) -> str:
+    return "".join(f"\n--- node {n.rank} (rc {n.proc.poll()}) ---\n{n.output()[-chars:]}" for n in nodes)
+
+
+def records(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+FLAGS = (
+    "--model tiny --resolution 32 --epochs 100 --warmup-epochs 0 --batch-size 16 --num-workers 1 "
+    "--log-every 1 --recon-images 0"
+).split()
+
+
+def test_two_machines_train_and_save_one_model(demo_beton, tmp_path):
+    out = tmp_path / "run"
+    start = time.monotonic()
+    args = ("--data", str(demo_beton), "--output-dir", str(out), "--max-steps", "4")
+    with two_nodes(tmp_path, *args, *FLAGS) as nodes:
+        for node in nodes:
+            try:
+                node.proc.wait(timeout=STARTUP_S + 120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"node {node.rank} still running after {STARTUP_S + 120} s" + tails(nodes))
+        assert [n.proc.returncode for n in nodes] == [0, 0], tails(nodes)
+        main_log = nodes[0].output()
+    print(f"2 machines x 1 process, 4 steps, saved: {time.monotonic() - start:.0f} s")
+    assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in main_log
+
+    # one model, written once by machine 0 from both machines' ZeRO shards
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    shards = sorted((out / "checkpoints" / "final" / "pytorch_model").glob("*optim_states.pt"))
+    assert len(shards) == 2, shards
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    assert weights and all(w.isfinite().all() for w in weights.values())
+    lines = records(out)
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in lines)
+
+
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+def test_lost_machine_ends_the_run_within_dist_timeout(demo_beton, tmp_path, fault):
+    """Machine 1 dies (SIGKILL: its sockets close) or hangs (SIGSTOP: sockets stay open, nothing arrives,
+    like a frozen host or a cut network): machine 0 must exit non-zero, in bounded time, saying why."""
+    out = tmp_path / "run"
+    args = ("--data", str(demo_beton), "--output-dir", str(out), "--dist-timeout", str(DIST_TIMEOUT_S))
+    bound = DIST_TIMEOUT_S + 45
+    with two_nodes(tmp_path, *args, *FLAGS) as nodes:
+        deadline = time.monotonic() + STARTUP_S
+        while len(records(out)) < 2:  # both machines are past their first collective steps
+            if any(n.proc.poll() is not None for n in nodes) or time.monotonic() > deadline:
+                pytest.fail("training did not start" + tails(nodes))
+            time.sleep(0.2)
+        hit = time.monotonic()
+        nodes[1].signal_all(signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        try:
+            rc = nodes[0].proc.wait(timeout=bound)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"machine 0 still running {bound} s after machine 1 was hit ({fault}), "
+                f"--dist-timeout {DIST_TIMEOUT_S}" + tails(nodes)
+            )
+        took = time.monotonic() - hit
+        output = nodes[0].output()
+    print(f"{fault}: machine 0 exited {rc} after {took:.1f} s; its error: {LOST_PEER.search(output)}")
+    assert rc != 0, output[-3000:]
+    assert LOST_PEER.search(output), output[-5000:]
+    assert not (out / "model.safetensors").exists()
