@@ -164,6 +164,7 @@ def test_finetune_cli_on_real_jpegs_learns_and_saves_the_best(pretrained, tmp_pa
     assert [r["epoch"] for r in records if "val/acc1" in r] == [0, 1, 2]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 6 and all(np.isfinite(losses))
+    assert all(0 <= r["train/acc1"] <= 1 for r in records if "train/loss" in r)
     tuned = MAEForImageClassification.from_pretrained(out)
     assert tuned.config.num_labels == 2 and tuned.config.id2label == {0: "class_0", 1: "class_1"}
     assert next(tuned.parameters()).dtype == torch.float32
