@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_pretrain)
     parser.pretrain_parser = train  # recipe files set this sub-command's defaults
 
-    from .downstream import finetune
+    from .downstream import finetune, probe
 
     tune = commands.add_parser(
         "finetune",
@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_arguments(tune)
     tune.set_defaults(func=finetune.run)
+    prob = commands.add_parser("probe", help="linear probe and/or k-NN top-1 of frozen encoder features")
+    probe.add_arguments(prob)
+    prob.set_defaults(func=probe.run)
 
     from . import hub
 

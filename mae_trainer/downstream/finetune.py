@@ -248,6 +248,7 @@ def run(args: argparse.Namespace) -> dict:
 
     step, best = 0, None
     progress = tqdm(total=total_steps, disable=not accelerator.is_local_main_process, desc="finetune")
+
     def zeros() -> torch.Tensor:
         return torch.zeros((), device=accelerator.device)
 
