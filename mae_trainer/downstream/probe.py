@@ -250,7 +250,7 @@ class LabelledData:
                 "write it with labels (mae-trainer write-dataset --label-column ...)"
             )
         column = f"f{reader.field_names.index('label')}"
-        self.labels = np.asarray(reader.metadata[column], dtype=np.int64)
+        self.labels = np.array(reader.metadata[column], dtype=np.int64)  # a writable copy
         summary = read_summary(self.path) or {}
         self.classes = summary.get("classes")
 
@@ -279,8 +279,8 @@ class LabelledData:
         if not self.is_folder:
             from ..data.loader import eval_loader
 
-            return eval_loader(
-                self.path, batch_size, resolution, num_workers=num_workers, crop_ratio=crop_ratio
+            return eval_loader(  # FFCV decodes in threads: at least one
+                self.path, batch_size, resolution, num_workers=max(1, num_workers), crop_ratio=crop_ratio
             )
         from torchvision.transforms import v2
 
