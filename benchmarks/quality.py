@@ -1,8 +1,8 @@
-"""Does a few CPU minutes of MAE pre-training buy better features than random init? One JSON line.
+"""Do CPU minutes of MAE pre-training buy better features than random init? One JSON line.
 
-Real components end to end: the shapes set (:mod:`mae_trainer.data.shapes`: several instances of one shape
-class per image, random size, position, rotation and colour, pasted with clutter onto crops of real photos)
-is written to labelled .beton files; ``mae-trainer pretrain`` runs in a subprocess on the train split's
+Real components end to end: the shapes set (:mod:`mae_trainer.data.shapes`: 8 shape classes at random size,
+position, rotation, aspect and colour on crops of real photos; raw pixels score near chance on it) is
+written to labelled .beton files; ``mae-trainer pretrain`` runs in a subprocess on the train split's
 images (labels unused); then ``mae-trainer probe``'s code runs the weighted k-NN and the linear probe on
 (a) the pre-trained encoder and (b) the same architecture at random init, both scored on the val split,
 whose backgrounds and textures come from photos the train split never uses. Goal: pre-trained beats random
@@ -16,7 +16,13 @@ same masks (computed, not assumed to be 1: flat patches normalise to ~0). ``reco
     .venv/bin/python benchmarks/quality.py [--epochs 30] [--batch-size 32] [--blr 1e-2] [--mask-ratio 0.5]
         [--resolution 64] [--train-count 4000] [--val-count 800] [--pool avg] [--work DIR] [--keep]
 
-The settings were chosen on a split of the *train* set (``--val-fraction``), not on the val split.
+The settings were chosen on a stratified 25 % split of the *train* set, never on the val split. What
+they cost: the number of optimizer steps moved the gain; data and optimiser knobs barely did. Measured on
+that dev split (linear probe, avg pool, pre-trained minus random, points): 1250 steps (10 epochs, ~6 min
+here) +2 to +5 on every variant tried (photo textures, clutter, several instances, upright shapes, mask
+0.5 or 0.75, blr 5e-3/1e-2/3e-2); 3750 steps (30 epochs) +10.3. So the default is 30 epochs, about 15
+minutes on 2 cores, three times the few minutes hoped for; k-NN stays within a few points of random init
+throughout (weak k-NN features are commonly reported for MAE).
 """
 
 from __future__ import annotations

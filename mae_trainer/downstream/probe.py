@@ -44,7 +44,9 @@ POOLS = ("cls", "avg")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     enc = parser.add_argument_group("encoder (one of)")
     which = enc.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", type=Path, default=None, help="save_pretrained directory of mae_trainer")
+    which.add_argument(
+        "--model", type=Path, default=None, metavar="DIR", help="save_pretrained directory of mae_trainer"
+    )
     which.add_argument(
         "--random-init",
         default=None,
@@ -53,12 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     enc.add_argument("--image-size", type=int, default=224, help="--random-init: the config's image_size")
     data = parser.add_argument_group("data (labelled .beton files or ImageFolder directories)")
-    data.add_argument("--train", type=Path, required=True, help="training split: .beton with labels or DIR")
+    data.add_argument(
+        "--train", type=Path, required=True, metavar="DATA", help="training split: .beton with labels or DIR"
+    )
     held_out = data.add_mutually_exclusive_group(required=True)
-    held_out.add_argument("--val", type=Path, default=None, help="held-out split: .beton with labels or DIR")
+    held_out.add_argument(
+        "--val", type=Path, default=None, metavar="DATA", help="held-out split: .beton with labels or DIR"
+    )
     held_out.add_argument(
         "--val-fraction",
         type=float,
+        metavar="F",
         default=None,
         help="hold out this fraction of --train instead (seeded by --seed, stratified by class)",
     )
