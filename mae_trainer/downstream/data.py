@@ -78,20 +78,6 @@ def open_labelled(
         raise UsageError(f"{flag}: {str(err).replace('--source ', '')}") from None
 
 
-def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, held-out) indices: ``fraction`` of each class held out (at least one where a class has two
-    or more images), chosen by ``seed``."""
-    rng = np.random.default_rng(seed)
-    labels_np = np.asarray(labels)
-    train, held = [], []
-    for label in np.unique(labels_np):
-        members = rng.permutation(np.flatnonzero(labels_np == label))
-        count = min(len(members) - 1, max(1, round(len(members) * fraction))) if len(members) > 1 else 0
-        held += members[:count].tolist()
-        train += members[count:].tolist()
-    return sorted(train), sorted(held)
-
-
 class LabelledImages(torch.utils.data.Dataset):
     """``(transformed image, label)`` for ``indices`` of ``source``."""
 

@@ -17,12 +17,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..training.schedules import scaled_lr, warmup_cosine_lr
-from .data import LabelledImages, eval_transform, open_labelled, stratified_split, train_transform
+from .data import LabelledImages, eval_transform, open_labelled, train_transform
+from .probe import stratified_split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +161,9 @@ def run(args: argparse.Namespace) -> dict:
     else:
         val_source = source
         labels = [source.labels[i] for i in source.order]
-        train_idx, val_idx = stratified_split(labels, args.val_fraction, args.seed)
+        train_idx, val_idx = (
+            part.tolist() for part in stratified_split(np.asarray(labels), args.val_fraction, args.seed)
+        )
         if not val_idx:
             raise UsageError(f"--val-fraction {args.val_fraction}: holds out no image of {args.train}")
 
