@@ -34,13 +34,14 @@ def _write_dataset(args: argparse.Namespace) -> None:
     source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
     summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
     print(
-        f"wrote {summary['count']} images in {len(summary['classes'])} classes to {args.output} "
-        f"({summary['bytes'] / 2**20:.1f} MiB, {summary['seconds']} s); summary: {args.output}.json"
+        f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) in "
+        f"{len(summary['classes'])} classes to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "
+        f"{summary['seconds']} s); summary: {args.output}.json"
     )
     for item in summary["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}")
     if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} unreadable image(s) (listed in {args.output}.json)")
+        print(f"skipped {len(summary['skipped'])} file(s) (listed in {args.output}.json)")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -76,6 +77,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.write import WriteSettings
     from .training import pretrain
 
     parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])
@@ -100,13 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--fraction", type=float, default=None, help="write a seeded random fraction")
     write.add_argument("--seed", type=int, default=0, help="seed of --fraction")
     write.add_argument("--output", type=Path, required=True, help="the .beton file to write")
-    write.add_argument("--max-resolution", type=int, default=256, help="longest side stored (resized down)")
-    write.add_argument("--write-mode", default="smart", help="smart | jpg | raw")
-    write.add_argument("--jpeg-quality", type=int, default=90)
+    defaults = WriteSettings()
+    write.add_argument(
+        "--max-resolution",
+        type=int,
+        default=defaults.max_resolution,
+        help="longest side stored (resized down); 500 as the DailyMAE authors and FFCV's ImageNet example",
+    )
+    write.add_argument(
+        "--write-mode",
+        default=defaults.write_mode,
+        help="jpg (every image JPEG: crop decode applies to all) | smart (JPEG above --smart-threshold "
+        "bytes, raw below) | raw",
+    )
+    write.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
     write.add_argument(
         "--smart-threshold",
         type=int,
-        default=3 * 256 * 256,
+        default=defaults.smart_threshold,
         help="smart mode: store as JPEG when the raw image exceeds this many bytes",
     )
     write.add_argument("--num-workers", type=int, default=2)
@@ -221,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mae-trainer: run stopped: {lost_peer_message(err, args)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("mae-trainer: interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_status", 130)
     return 0

@@ -109,7 +109,7 @@ def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
         "85",
     )
     assert result.returncode == 0, result.stderr
-    assert "wrote 12 images in 2 classes" in result.stdout
+    assert "wrote 12 images (12 JPEG, 0 raw) in 2 classes" in result.stdout
     assert (tmp_path / "ok.beton").exists() and (tmp_path / "ok.beton.json").exists()
 
 
@@ -124,3 +124,9 @@ def test_example_recipes_are_valid(recipe):
     args = parser.parse_args(argv)
     schedule = make_schedule(args, 16)
     assert schedule.stage(args.epochs - 1).resolution == args.resolution
+    assert args.crop_decode and args.interpolation == "bicubic"
+    if recipe != "demo_cpu.yaml":  # the authors' stages: 160/0.5, 192/0.66 from epoch 200, 224/0.75 from 400
+        stages = [schedule.stage(epoch) for epoch in (0, 199, 200, 399, 400, 799)]
+        assert [(s.resolution, s.mask_ratio) for s in stages] == [
+            (160, 0.5), (160, 0.5), (192, 0.66), (192, 0.66), (224, 0.75), (224, 0.75)
+        ]  # fmt: skip

@@ -140,15 +140,16 @@ def test_hf_imagefolder_source_and_column_errors(jpeg_folder, hf_dataset_dir, tm
     assert set(unlabeled.labels) == {0}
 
 
-@pytest.mark.slow
-def test_ctrl_c_leaves_no_file(tmp_path):
-    """Interrupt a real write half-way: no output, no partial file, exit status 130."""
+def start_long_write(tmp_path):
+    """A real ``write-dataset`` run that lasts ~20 s (2000 hard links to one 500x400 photo, one worker),
+    returned once its hidden partial output exists: interrupting it then always lands mid-write."""
+    import os
+
     src = tmp_path / "many" / "x"
     src.mkdir(parents=True)
-    photo = load_photo("astronaut.png")
-    for i in range(400):
-        photo.crop((i, i, i + 400, i + 400)).save(src / f"{i}.png")
-    out = tmp_path / "big.beton"
+    load_photo("astronaut.png").resize((500, 400)).save(src / "0.jpg", quality=90)
+    for i in range(1, 2000):
+        os.link(src / "0.jpg", src / f"{i}.jpg")
     proc = subprocess.Popen(
         [
             str(BIN / "mae-trainer"),
@@ -156,25 +157,117 @@ def test_ctrl_c_leaves_no_file(tmp_path):
             "--source",
             str(src.parent),
             "--output",
-            str(out),
-            "--write-mode",
-            "raw",
-            "--max-resolution",
-            "400",
+            str(tmp_path / "big.beton"),
             "--num-workers",
             "1",
         ],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not list(tmp_path.glob(".big.beton.partial-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be interrupted"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()[-2000:]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_write_leaves_no_file(tmp_path, signum, status):
+    """Ctrl-C or SIGTERM half-way through a real write: no output, no partial file, 128 + the signal."""
+    proc = start_long_write(tmp_path)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == status, err[-2000:]
+    assert "mae-trainer: interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many"]
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """Images PIL opens that once hung the writer, were stored sideways or were dropped without a word."""
+    root = tmp_path_factory.mktemp("odd")
+    (root / "a").mkdir()
+    photo = load_photo("chelsea.png")
+    photo.resize((3000, 10)).save(root / "a" / "elongated.png")  # 500x2 at max side 500
+    photo.resize((600, 40)).save(root / "a" / "wide.png")  # 500x33: kept
+    photo.resize((9000, 6000)).save(root / "a" / "huge.jpg", quality=85)  # 54 Mpx, drafted down
+    frame = photo.resize((200, 150))
+    frame.save(root / "a" / "animated.gif", save_all=True, append_images=[frame.rotate(20)])
+    frame.save(root / "a" / "picture.tif")
+    frame.save(root / "a" / "picture.bmp")
+    frame.save(root / "a" / "picture.webp")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    upright = photo.resize((160, 240))
+    upright.rotate(90, expand=True).save(root / "a" / "exif_rotated.jpg", quality=95, exif=exif)
+    (root / "a" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_odd_images_are_written_or_listed_never_dropped(odd_folder, tmp_path):
+    from ffcv.reader import Reader
+
+    out = tmp_path / "odd.beton"
+    summary = write_beton(image_folder_source(odd_folder), out, WriteSettings(num_workers=2))
+    skipped = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in summary["skipped"]}
+    assert set(skipped) == {"elongated.png", "notes.txt"}, skipped
+    assert "too elongated (3000x10 would be stored as 500x2" in skipped["elongated.png"]
+    assert "not an image format PIL reads (.txt)" in skipped["notes.txt"]
+    kept = [p.name for p in image_folder_source(odd_folder).paths if p.name != "elongated.png"]
+    assert summary["count"] == len(kept) == 7 and summary["jpeg"] == 7 and summary["raw"] == 0
+    meta = Reader(str(out)).metadata["f0"]
+    sizes = dict(zip(kept, zip(meta["width"].tolist(), meta["height"].tolist())))
+    assert sizes["huge.jpg"] == (500, 333) and sizes["wide.png"] == (500, 33)
+    assert sizes["animated.gif"] == sizes["picture.tif"] == sizes["picture.webp"] == (200, 150)
+    assert sizes["exif_rotated.jpg"] == (160, 240)  # upright, as a viewer shows it
+
+    # and the pixels are the upright photo's, not the sideways file's
+    def centre_32(image):  # what read_images gives: the centred square, resized to 32x32
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        return np.asarray(image.crop((left, top, left + side, top + side)).resize((32, 32)), dtype=float)
+
+    upright = load_photo("chelsea.png").resize((160, 240))
+    got = read_images(out)[kept.index("exif_rotated.jpg")][0].astype(float)
+    error_upright = np.abs(got - centre_32(upright)).mean()
+    error_sideways = np.abs(got - centre_32(upright.rotate(90, expand=True))).mean()
+    assert error_upright < 8 < 20 < error_sideways, (error_upright, error_sideways)
+
+
+class VanishingSource:
+    """An ImageFolder whose first file disappears after the probe, as on a flaky network file system:
+    the read then fails inside one of FFCV's writer processes."""
+
+    @staticmethod
+    def make(folder):
+        source = image_folder_source(folder)
+        probe_all = source.drop_unreadable
+
+        def drop_unreadable(num_workers):
+            probe_all(num_workers)
+            source.paths[source.order[0]].unlink()
+
+        source.drop_unreadable = drop_unreadable
+        return source
+
+
+def test_a_failing_writer_worker_ends_the_write_with_a_clear_error(jpeg_folder, tmp_path):
+    import shutil
+
+    from mae_trainer.errors import TrainingError
+
+    folder = tmp_path / "src"
+    shutil.copytree(jpeg_folder, folder)
+    out = tmp_path / "out" / "data.beton"
+    with pytest.raises(TrainingError) as caught:
+        write_beton(VanishingSource.make(folder), out, WriteSettings(num_workers=2))
+    message = str(caught.value)
+    assert f"writing {out} failed" in message and "img_0.jpg: FileNotFoundError" in message
+    assert "nothing was written" in message
+    assert sorted(p.name for p in out.parent.iterdir()) == []  # no output, no hidden partial file
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []  # every writer worker was ended

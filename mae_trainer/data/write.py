@@ -1,25 +1,40 @@
 """Write images to an FFCV ``.beton`` file (``mae-trainer write-dataset``).
 
-The output appears under its final name only once it is complete: FFCV writes into a temporary file
-beside it, which is renamed at the end and removed on any error or Ctrl-C. A sidecar ``FILE.beton.json``
-records what was written (count, classes, settings).
+The defaults follow the DailyMAE authors (and FFCV's ImageNet example): longest side 500 px, JPEG quality
+90, so that crop decode has JPEG samples to work on and RandomResizedCrop rarely enlarges.
+
+Every image is probed first (FFCV's writer hangs forever when one of its workers raises), oriented by its
+EXIF tag, converted to RGB and resized here, so nothing that can fail reaches FFCV; should a worker fail
+anyway, or the process get SIGTERM/Ctrl-C, the write stops with a clear error. The output appears under its
+final name only once it is complete: FFCV writes into a hidden file beside it, renamed at the end and
+removed on any error or signal. A sidecar ``FILE.beton.json`` records what was written (count, JPEG and raw
+samples, classes, settings, skipped files with the reason).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ..errors import UsageError
+from ..errors import TrainingError, UsageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 WRITE_MODES = ("smart", "jpg", "raw")
+
+
+def image_extensions() -> tuple[str, ...]:
+    """Every file extension PIL can open (``.jpg``, ``.png``, ``.gif``, ``.tif``, ``.bmp``, ``.webp``...)."""
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
 
 
 @dataclass
@@ -27,8 +42,8 @@ class WriteSettings:
     """How images are stored. ``smart`` stores an image as JPEG when its raw size (after the
     ``max_resolution`` resize) exceeds ``smart_threshold`` bytes, raw otherwise."""
 
-    max_resolution: int = 256
-    write_mode: str = "smart"
+    max_resolution: int = 500
+    write_mode: str = "jpg"
     jpeg_quality: int = 90
     smart_threshold: int = 3 * 256 * 256
     num_workers: int = 2
@@ -45,6 +60,41 @@ class WriteSettings:
 
 
 MIN_SIDE = 8  # smaller images are skipped: no crop of them is worth training on
+# A large photo is fine here (JPEGs are drafted down): PIL still refuses what exceeds twice this limit.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation tag is applied."""
+    width, height = image.size
+    orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in _SWAPS_SIDES else (width, height)
+
+
+def stored_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size an image is stored at: longest side at most ``max_side``, aspect ratio kept (rounded)."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    if width >= height:
+        return max_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), max_side
+
+
+def load_for_writing(image: Image.Image, max_side: int | None) -> np.ndarray:
+    """The HWC uint8 RGB array stored for ``image``: EXIF orientation applied, longest side at most
+    ``max_side``. Large JPEGs are decoded straight at a reduced scale (libjpeg DCT scaling, never below the
+    target size) before the area-filter resize, which makes writing ImageNet-sized photos much cheaper."""
+    width, height = oriented_size(image)
+    target = stored_size(width, height, max_side)
+    if image.format == "JPEG" and target != (width, height):
+        swapped = image.size != (width, height)
+        image.draft("RGB", target[::-1] if swapped else target)
+    array = to_rgb(ImageOps.exif_transpose(image))
+    if (array.shape[1], array.shape[0]) != target:
+        array = np.asarray(Image.fromarray(array).resize(target, Image.Resampling.BOX))
+    return array
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -62,20 +112,29 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def probe(open_image) -> str | None:
-    """Why an image cannot be written (unreadable, truncated, too small), or None when it can.
+def probe(open_image, max_side: int | None = None) -> str | None:
+    """Why an image cannot be written (unreadable, truncated, too small, too elongated to keep
+    ``MIN_SIDE`` pixels at ``max_side``), or None when it can.
 
     JPEGs are decoded at 1/8 scale (DCT scaling): every entropy-coded byte is still read, so corrupt and
     truncated files fail here, at a fraction of a full decode's cost.
     """
     try:
         with open_image() as image:
-            width, height = image.size
+            width, height = oriented_size(image)
             if min(width, height) < MIN_SIDE:
                 return f"too small ({width}x{height}, minimum side {MIN_SIDE})"
+            stored = stored_size(width, height, max_side)
+            if min(stored) < MIN_SIDE:
+                return (
+                    f"too elongated ({width}x{height} would be stored as {stored[0]}x{stored[1]} at "
+                    f"--max-resolution {max_side}; minimum side {MIN_SIDE})"
+                )
             if image.format == "JPEG":
-                image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
             image.load()
+    except Image.DecompressionBombError as err:
+        return f"too large for PIL's decompression-bomb limit ({err})"
     except Exception as err:  # PIL raises many types for bad files
         return f"unreadable: {type(err).__name__}: {err}"
     return None
@@ -85,7 +144,7 @@ _PROBED = None  # the ImageSource being probed, inherited by the forked probe wo
 
 
 def _probe_index(item: int) -> str | None:
-    return probe(lambda: _PROBED.open(item))
+    return probe(lambda: _PROBED.open(item), _PROBED.max_side)
 
 
 class ImageSource:
@@ -98,6 +157,9 @@ class ImageSource:
         self.name, self.classes, self.labels = name, classes, list(labels)
         self.order = list(range(len(self.labels)))  # the items kept, in writing order
         self.skipped: list[dict] = []
+        self.max_side: int | None = None  # longest side stored (set by write_beton)
+        self._failure_file: Path | None = None  # where a writer worker reports a failure (write_beton)
+        self._writer_pid = -1
 
     def open(self, item: int) -> Image.Image:
         raise NotImplementedError
@@ -110,8 +172,16 @@ class ImageSource:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         item = self.order[index]
-        with self.open(item) as image:
-            return to_rgb(image), self.labels[item]
+        try:
+            with self.open(item) as image:
+                return load_for_writing(image, self.max_side), self.labels[item]
+        except Exception as err:
+            if self._failure_file is None or os.getpid() == self._writer_pid:
+                raise
+            # In an FFCV writer worker: an exception there would leave the writer waiting forever. Report
+            # it to the writing process (which watches for this file) and end this worker.
+            self._failure_file.write_text(f"{self.describe(item)}: {type(err).__name__}: {err}")
+            os._exit(1)
 
     def select(self, limit: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
         """Keep a seeded random ``fraction`` of the items (in their order), then the first ``limit``."""
@@ -208,15 +278,29 @@ def image_folder_source(root: Path) -> FolderSource:
         raise UsageError(f"--source {root}: no such directory")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     groups = [(d.name, d) for d in class_dirs] or [(root.name, root)]
-    paths, labels = [], []
+    extensions = set(image_extensions())
+    paths, labels, others = [], [], []
     for label, (_, directory) in enumerate(groups):
         for path in sorted(directory.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if not path.is_file():
+                continue
+            if path.suffix.lower() in extensions:
                 paths.append(path)
                 labels.append(label)
+            else:
+                others.append(path)
     if not paths:
-        raise UsageError(f"--source {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return FolderSource(str(root), [name for name, _ in groups], paths, labels)
+        raise UsageError(
+            f"--source {root}: no images found (looked for the formats PIL reads: "
+            f"{', '.join(sorted(extensions))})"
+        )
+    source = FolderSource(str(root), [name for name, _ in groups], paths, labels)
+    # Never dropped silently: files that are not in a format PIL reads are listed with the skipped images.
+    source.skipped += [
+        {"file": str(path), "reason": f"not an image format PIL reads ({path.suffix or 'no extension'})"}
+        for path in others
+    ]
+    return source
 
 
 def embedded_source() -> ArraySource:
@@ -295,13 +379,17 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
 
     settings.validate()
     check_output(output, overwrite)
+    source.max_side = settings.max_resolution
     source.drop_unreadable(settings.num_workers)
     if len(source) == 0:
         raise UsageError(
             f"--source {source.name}: none of the images can be read "
             f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--output {output}: cannot create {output.parent} ({err.strerror})") from None
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     fields = {
         "image": RGBImageField(
@@ -313,16 +401,23 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         "label": IntField(),
     }
     start = time.perf_counter()
+    writer = None
     try:
-        writer = DatasetWriter(str(partial), fields, num_workers=settings.num_workers)
-        writer.from_indexed_dataset(source, chunksize=64)
+        with _WorkerWatch(source, output, partial) as watch:
+            writer = DatasetWriter(str(partial), fields, num_workers=settings.num_workers)
+            writer.from_indexed_dataset(source, chunksize=64)
+            watch.finished()
         os.replace(partial, output)
+    except OSError as err:
+        raise UsageError(f"--output {output}: cannot write ({err.strerror}: {err.filename})") from None
     finally:
+        _release_shared_memory(writer)
         partial.unlink(missing_ok=True)
     summary = {
         "file": output.name,
         "source": source.name,
         "count": len(source),
+        **stored_formats(output),
         "classes": source.classes,
         "skipped": source.skipped,
         "settings": asdict(settings),
@@ -332,6 +427,141 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
     sidecar = output.with_name(output.name + ".json")
     sidecar.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def stored_formats(path: Path) -> dict:
+    """How many samples of a ``.beton`` are stored as JPEG (crop decode applies) and how many raw."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.reader import Reader
+
+    modes = Reader(str(path)).metadata["f0"]["mode"]
+    return {"jpeg": int((modes == IMAGE_MODES["jpg"]).sum()), "raw": int((modes == IMAGE_MODES["raw"]).sum())}
+
+
+class WriteInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a write (the partial file is removed); ``exit_status`` is 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.exit_status = 128 + signum
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+class _WorkerWatch:
+    """FFCV's ``DatasetWriter`` waits for its worker processes in a loop that never ends when one of them
+    dies. While a write runs, a thread watches the workers (their exit codes, and the file in which
+    :meth:`ImageSource.__getitem__` reports a failure) and interrupts the writing thread with SIGUSR1 when
+    one fails; SIGINT and SIGTERM raise :class:`WriteInterrupted`. Either way the workers are ended and the
+    exception propagates, so the caller removes the partial file. Only in the main thread (signals); a write
+    from another thread runs unwatched."""
+
+    def __init__(self, source: ImageSource, output: Path, partial: Path):
+        self.source, self.output = source, output
+        self.failure_file = partial.with_name(partial.name + ".failed")
+        self.active = threading.current_thread() is threading.main_thread()
+        self.stop = threading.Event()
+        self.signalled: int | None = None
+        self.workers: dict[int, multiprocessing.Process] = {}
+
+    def __enter__(self) -> _WorkerWatch:
+        self.source._failure_file, self.source._writer_pid = self.failure_file, os.getpid()
+        if not self.active:
+            return self
+        self.before = set(multiprocessing.active_children())
+        owner = os.getpid()
+
+        def on_signal(signum, frame):
+            if os.getpid() != owner:  # a forked worker inherits this handler: just end it
+                os._exit(128 + signum)
+            if signum != signal.SIGUSR1:
+                self.signalled = signum
+            if self.stop.is_set() or _inside_fork(frame):
+                # Raised while FFCV starts a worker, the exception would be swallowed by an at-fork
+                # callback or leave a worker unknown to us (it would recreate the partial file): the
+                # watcher thread signals again once the fork is done. Once stopping, __exit__ decides.
+                return
+            if self.signalled is not None:
+                raise WriteInterrupted(self.signalled)
+            if not self.stop.is_set() and self._failure() is not None:
+                raise _WorkerFailed()
+
+        self.saved = {
+            signum: signal.signal(signum, on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+        }
+        self.thread = threading.Thread(target=self._watch, name="ffcv-writer-watch", daemon=True)
+        self.thread.start()
+        return self
+
+    def _failure(self) -> str | None:
+        if self.failure_file.exists():
+            return self.failure_file.read_text()
+        for worker in self.workers.values():
+            code = worker.exitcode
+            if code not in (None, 0):
+                return f"a writer worker process exited with status {code} (see its output above)"
+        return None
+
+    def _watch(self) -> None:
+        main = threading.main_thread().ident
+        while not self.stop.wait(0.1):
+            for worker in multiprocessing.active_children():  # keep each: exit codes are read later
+                if worker not in self.before:
+                    self.workers.setdefault(worker.pid, worker)
+            if self.signalled is not None or self._failure() is not None:
+                signal.pthread_kill(main, signal.SIGUSR1)  # repeated until the main thread can raise
+
+    def finished(self) -> None:
+        """Called when FFCV's writer returns: a signal or failure it may have swallowed still counts."""
+        self.stop.set()
+        if self.signalled is not None:
+            raise WriteInterrupted(self.signalled)
+        if self._failure() is not None:
+            raise _WorkerFailed()
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.stop.set()
+        try:
+            if self.active:
+                self.thread.join()
+                for signum, handler in self.saved.items():
+                    signal.signal(signum, handler)
+            if error is not None:
+                for worker in [*self.workers.values(), *set(multiprocessing.active_children()) - self.before]:
+                    if worker.is_alive():
+                        worker.terminate()
+                        worker.join(10)
+            failure = self._failure() if isinstance(error, _WorkerFailed) else None
+        finally:
+            self.failure_file.unlink(missing_ok=True)
+            self.source._failure_file = None
+        if failure is not None:
+            raise TrainingError(f"writing {self.output} failed: {failure}; nothing was written") from None
+        if error is None and self.signalled is not None:  # arrived after finished()
+            raise WriteInterrupted(self.signalled)
+
+
+def _inside_fork(frame) -> bool:
+    while frame is not None:
+        if "multiprocessing" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _release_shared_memory(writer) -> None:
+    """FFCV's writer frees its shared-memory metadata block only on success."""
+    memory = getattr(writer, "metadata_sm", None)
+    if memory is None:
+        return
+    try:
+        memory.close()
+        memory.unlink()
+    except (FileNotFoundError, BufferError):
+        pass
 
 
 def read_summary(path: Path) -> dict | None:
