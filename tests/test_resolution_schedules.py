@@ -82,3 +82,56 @@ def test_invalid_schedules_are_rejected():
         parse_steps("0-160")
     with pytest.raises(UsageError, match="--resolution-multiple 24"):
         ResolutionSchedule(kind="linear", multiple=24)
+
+
+def test_every_stage_is_validated_when_the_schedule_is_built():
+    with pytest.raises(UsageError, match=r"stage from epoch 30 \(192 px\) has mask ratio 1.2"):
+        ResolutionSchedule(kind="steps", resolution=224, steps=parse_steps("0:160:0.5,30:192:1.2,60:224"))
+    with pytest.raises(UsageError, match=r"mask ratio 0\.0"):
+        # 49 visible tokens cannot be kept at 96 px (36 tokens): the coupled ratio would be 0
+        ResolutionSchedule(
+            kind="steps", resolution=224, steps=parse_steps("0:96,10:224"), constant_visible=True
+        )
+    ResolutionSchedule(kind="steps", resolution=224, steps=parse_steps("0:160:0.5,200:192:0.66,400:224:0.75"))
+
+
+def test_optimizer_steps_count_real_steps_across_stages():
+    from mae_trainer.training.schedules import optimizer_steps_before
+
+    batches = [2, 10, 10]  # e.g. a scaled batch at a lower resolution: fewer batches in epoch 0
+    assert optimizer_steps_before(1, batches, 1) == 2
+    assert optimizer_steps_before(1.5, batches, 1) == 7
+    assert optimizer_steps_before(2.5, [9, 9, 9], 2) == 11  # accumulation runs across epoch ends
+    assert optimizer_steps_before(0, batches, 1) == 0
+    assert optimizer_steps_before(5, batches, 2) == 11  # past the end: every step
+
+
+@pytest.mark.slow
+def test_batch_scaling_keeps_the_linear_lr_rule(tmp_path):
+    """A real run whose 32-px stage has 4x the batch: its lr is 4x, and warmup counts the steps taken."""
+    import json
+    import math
+
+    from .conftest import run_cli, small_embedded_beton
+
+    data = small_embedded_beton(tmp_path, limit=160, max_resolution=64)
+    out = tmp_path / "run"
+    result = run_cli(
+        "pretrain", "--data", str(data), "--output-dir", str(out), "--model", "tiny", "--resolution", "64",
+        "--progressive", "steps", "--resolution-steps", "0:32,1:64", "--scale-batch-with-resolution",
+        "--batch-size", "16", "--epochs", "3", "--warmup-epochs", "1.5", "--blr", "1e-3", "--log-every", "1",
+        "--recon-images", "0", "--num-workers", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # epoch 0: 160 // 64 = 2 steps at batch 64; epochs 1-2: 10 steps each at batch 16
+    assert [(r["epoch"], r["batch_size"]) for r in records] == [(0, 64)] * 2 + [(1, 16)] * 10 + [(2, 16)] * 10
+    warmup, total = 2 + 5, 22  # 1.5 epochs = all of epoch 0 and half of epoch 1, in optimizer steps
+    for record in records:
+        peak = 1e-3 * record["batch_size"] / 256  # lr = blr x effective batch / 256, per stage
+        step = record["step"] - 1  # the lr logged is the one the step used
+        if step < warmup:
+            expected = peak * step / warmup
+        else:
+            expected = peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        assert record["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15), record

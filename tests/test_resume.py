@@ -89,6 +89,43 @@ def test_two_rank_bf16_resume(small_beton, tmp_path):
     assert gap == 0.0  # measured 0: the resumed 2-rank BF16 run replays the uninterrupted one exactly
 
 
+@pytest.fixture(scope="module")
+def odd_beton(tmp_path_factory):
+    return small_embedded_beton(tmp_path_factory.mktemp("odd"), limit=144, max_resolution=64)  # 9 batches
+
+
+def assert_same_weights(a, b, exact=True):
+    ours, theirs = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    gap = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+    assert gap == 0.0, f"max weight difference after resume: {gap:.3g}"
+
+
+@pytest.mark.parametrize(
+    "data, launcher, kill_at",
+    [
+        # 9 batches per epoch, accumulation 2: epoch 0 ends mid-step, so its checkpoint is the one after
+        # step 5 (micro-batch 10); killed right after it
+        ("odd_beton", None, "step_00000005"),
+        # 2 ranks x 5 batches per epoch (160 images, 16 per rank): epoch 0's checkpoint comes after step 3
+        ("small_beton", "cpu_2proc.yaml", "step_00000003"),
+    ],
+    ids=["fp32-1-process", "bf16-2-ranks"],
+)
+def test_resume_with_gradient_accumulation_is_exact(data, launcher, kill_at, request, tmp_path):
+    data = request.getfixturevalue(data)
+    accumulate = ("--grad-accum", "2", "--save-every", "0")
+    reference = tmp_path / "reference"
+    finish(start(data, reference, *accumulate, launcher=launcher))
+    interrupted = tmp_path / "interrupted"
+    kill_after_checkpoint(start(data, interrupted, *accumulate, launcher=launcher), interrupted, name=kill_at)
+    saved = json.loads((interrupted / "checkpoints" / kill_at / "trainer_state.json").read_text())
+    assert saved["sampler"]["epoch"] == 1 and saved["sampler"]["batch"] == 1  # a step boundary in epoch 1
+    log = finish(start(data, interrupted, *accumulate, "--resume", "auto", launcher=launcher))
+    assert f"resumed from {interrupted / 'checkpoints' / kill_at}" in log
+    assert_same_weights(interrupted, reference)
+
+
 def test_changed_model_config_is_refused(small_beton, tmp_path):
     out = tmp_path / "run"
     kill_after_checkpoint(start(small_beton, out), out, name="step_00000004")

@@ -122,6 +122,14 @@ class ResolutionSchedule:
                 raise UsageError(
                     f"resolution {res} in the schedule is not a multiple of the patch size {self.patch_size}"
                 )
+        for epoch in self.stage_epochs():  # every stage, before any work or any file is written
+            stage = self.stage(epoch)
+            if not 0.0 < stage.mask_ratio < 1.0:
+                where = "--resolution-steps" if self.kind == "steps" else "--mask-schedule"
+                raise UsageError(
+                    f"{where}: the stage from epoch {epoch} ({stage.resolution} px) has mask ratio "
+                    f"{stage.mask_ratio}; it must be between 0 and 1 (exclusive)"
+                )
 
     def resolutions(self) -> list[int]:
         if self.kind == "steps":
@@ -129,6 +137,14 @@ class ResolutionSchedule:
         if self.kind == "linear":
             return [self.start_resolution, self.resolution]
         return [self.resolution]
+
+    def stage_epochs(self) -> list[int]:
+        """The first epoch of every distinct stage (a ``linear`` ramp changes at most once per epoch)."""
+        if self.kind == "steps":
+            return [epoch for epoch, _, _ in self.steps]
+        if self.kind == "linear":
+            return list(range(self.start_epoch, max(self.start_epoch, self.end_epoch) + 1))
+        return [0]
 
     def stage(self, epoch: int) -> Stage:
         """The stage of ``epoch`` (0-based)."""

@@ -30,7 +30,7 @@ from .checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from .schedules import scaled_lr, warmup_cosine_lr
+from .schedules import optimizer_steps_before, scaled_lr, warmup_cosine_lr
 from .visualize import reconstruction_grid, save_png
 
 
@@ -46,8 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--num-workers", type=int, default=8, help="FFCV decode threads per process")
     data.add_argument(
         "--crop-decode",
-        action="store_true",
-        help="decode only the crop region of JPEG samples (libjpeg crop/skip + DCT scaling)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode only the crop region of JPEG samples (libjpeg crop/skip + DCT scaling), as DailyMAE "
+        "does; --no-crop-decode decodes whole images (same crops, same seeds)",
+    )
+    data.add_argument(
+        "--interpolation",
+        default="bicubic",
+        choices=["bicubic", "area"],
+        help="filter that resizes each crop: bicubic (reference MAE, antialiased like PIL) or area (FFCV)",
     )
     data.add_argument("--batches-ahead", type=int, default=2, help="batches FFCV prepares in advance")
     data.add_argument(
@@ -83,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     res.add_argument(
         "--scale-batch-with-resolution",
         action="store_true",
-        help="scale the per-rank batch by (resolution / side)^2 to keep patches per step",
+        help="scale the per-rank batch by (resolution / side)^2 to keep patches per step; the lr follows "
+        "each stage's effective batch (linear rule)",
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="base", help=f"preset: {', '.join(PRESETS)}")
@@ -329,10 +338,14 @@ def run(args: argparse.Namespace) -> Path:
         )
     effective_batch = args.batch_size * args.grad_accum * accelerator.num_processes
     peak_lr = args.lr if args.lr is not None else scaled_lr(args.blr, effective_batch)
+    # The linear rule per stage: a stage whose batch is scaled gets its lr scaled the same way.
+    peak_lrs = [
+        peak_lr * args.schedule.stage(epoch).batch_size / args.batch_size for epoch in range(args.epochs)
+    ]
     total_steps = sum(batches) // args.grad_accum
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    warmup_steps = round(args.warmup_epochs * batches[0] / args.grad_accum)
+    warmup_steps = optimizer_steps_before(args.warmup_epochs, batches, args.grad_accum)
 
     groups = param_groups_weight_decay(model, args.weight_decay, model.no_weight_decay())
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95))
@@ -369,7 +382,13 @@ def run(args: argparse.Namespace) -> Path:
             f"pretraining {args.model} ({args.progressive} schedule, final {args.resolution}px) on "
             f"{accelerator.num_processes} "
             f"process(es) ({accelerator.distributed_type}, {dtype}); effective batch "
-            f"{effective_batch}, peak lr {peak_lr:.3g}, {total_steps} steps"
+            f"{effective_batch}, peak lr {peak_lr:.3g}"
+            + (
+                f" ({min(peak_lrs):.3g}-{max(peak_lrs):.3g} over the stages)"
+                if args.scale_batch_with_resolution
+                else ""
+            )
+            + f", {total_steps} steps"
         )
 
     window = {"loss": torch.zeros((), device=accelerator.device), "micro": 0, "images": 0, "wait": 0.0}
@@ -393,6 +412,9 @@ def run(args: argparse.Namespace) -> Path:
 
     deepspeed = accelerator.state.deepspeed_plugin is not None
     grad_norm = None
+    # Checkpoints are written at optimizer-step boundaries only, so that no accumulated gradient is pending
+    # (it would be lost on resume): an epoch that ends mid-accumulation saves after the next step.
+    checkpoint_due = False
     model.train()
     for epoch in range(start_epoch, args.epochs):
         if step >= total_steps:
@@ -404,7 +426,7 @@ def run(args: argparse.Namespace) -> Path:
             window["wait"] += time.perf_counter() - wait_start
             if batch is None:
                 break
-            lr = warmup_cosine_lr(step, total_steps, warmup_steps, peak_lr, args.min_lr)
+            lr = warmup_cosine_lr(step, total_steps, warmup_steps, peak_lrs[epoch], args.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             pixel_values = normalize(batch.images.to(accelerator.device, non_blocking=True), mean, std, dtype)
@@ -450,16 +472,20 @@ def run(args: argparse.Namespace) -> Path:
                 progress.set_postfix(loss=f"{mean_loss:.4f}", res=batch.resolution, lr=f"{lr:.2e}")
                 window = {"loss": window["loss"].zero_(), "micro": 0, "images": 0, "wait": 0.0}
                 window_start = time.perf_counter()
-            if args.save_every and step % args.save_every == 0 and step < total_steps:
+            if (checkpoint_due or (args.save_every and step % args.save_every == 0)) and step < total_steps:
                 checkpoint()
+                checkpoint_due = False
             if recon_images is not None and args.recon_every and step % args.recon_every == 0:
                 log_reconstruction(
                     accelerator, accelerator.unwrap_model(model), recon_images, step, output_dir
                 )
             if step >= total_steps:
                 break
-        if step < total_steps:
-            checkpoint()  # epoch end: the resume point after a crash (the last step saves the model instead)
+        if step < total_steps:  # epoch end: the resume point after a crash (the last step saves the model)
+            if accelerator.sync_gradients:
+                checkpoint()
+            else:
+                checkpoint_due = True
     progress.close()
 
     final = save_model(accelerator, model, config, output_dir)

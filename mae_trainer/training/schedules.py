@@ -23,3 +23,14 @@ def warmup_cosine_lr(
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def optimizer_steps_before(epoch: float, batches_per_epoch: list[int], grad_accum: int) -> int:
+    """Optimizer steps completed before the fractional ``epoch`` when epoch ``e`` has
+    ``batches_per_epoch[e]`` micro-batches and accumulation runs on across epoch ends (so a stage whose
+    batch differs, e.g. under batch scaling, counts its own steps). Warmup is measured with it."""
+    whole = min(int(epoch), len(batches_per_epoch))
+    micro = sum(batches_per_epoch[:whole])
+    if whole < len(batches_per_epoch):
+        micro += (epoch - whole) * batches_per_epoch[whole]
+    return int(micro // grad_accum)
