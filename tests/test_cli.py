@@ -130,3 +130,12 @@ def test_example_recipes_are_valid(recipe):
         assert [(s.resolution, s.mask_ratio) for s in stages] == [
             (160, 0.5), (160, 0.5), (192, 0.66), (192, 0.66), (224, 0.75), (224, 0.75)
         ]  # fmt: skip
+
+
+def test_truncated_data_and_bad_stages_are_refused_before_any_file(demo_beton, tmp_path, out):
+    truncated = tmp_path / "truncated.beton"
+    truncated.write_bytes(demo_beton.read_bytes()[:-40])
+    assert_one_line_error(pretrain(truncated, out), "--data", "truncated.beton", "damaged .beton file")
+    result = pretrain(demo_beton, out, "--progressive", "steps", "--resolution-steps", "0:32:0.5,1:64:1.5")
+    assert_one_line_error(result, "--resolution-steps", "epoch 1 (64 px) has mask ratio 1.5")
+    assert not out.exists()  # refused before the output directory was made

@@ -152,3 +152,26 @@ def test_check_beton_rejects_other_files(tmp_path):
     fake.write_bytes(b"\x00" * 100)
     with pytest.raises(UsageError, match=r"not an FFCV \.beton file"):
         check_beton(fake)
+
+
+def test_check_beton_refuses_truncated_and_inconsistent_files(demo_beton, tmp_path):
+    whole = demo_beton.read_bytes()
+    for cut in (40, 24, 1):  # 24 bytes: exactly the last allocation record; 40 and 1 end mid-record
+        damaged = tmp_path / f"cut_{cut}.beton"
+        damaged.write_bytes(whole[:-cut])
+        with pytest.raises(UsageError, match=r"damaged \.beton file .*truncated"):
+            check_beton(damaged, "--data")
+    # a sample whose data pointer was overwritten points outside every allocation
+    from ffcv.reader import Reader
+
+    reader = Reader(str(demo_beton))
+    offset = reader.header.itemsize + reader.field_descriptors.nbytes
+    record = reader.metadata.itemsize
+    pointer = reader.metadata.dtype.fields["f0"][1] + reader.metadata.dtype["f0"].fields["data_ptr"][1]
+    broken = bytearray(whole)
+    broken[offset + 5 * record + pointer : offset + 5 * record + pointer + 8] = (12345).to_bytes(8, "little")
+    inconsistent = tmp_path / "inconsistent.beton"
+    inconsistent.write_bytes(bytes(broken))
+    with pytest.raises(UsageError, match=r"sample 5 point|first: sample 5"):
+        check_beton(inconsistent)
+    assert check_beton(demo_beton) == 512  # the intact file still passes
