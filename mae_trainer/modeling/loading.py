@@ -12,6 +12,7 @@ the model needs (transformers would initialise those at random and only log it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -174,6 +175,23 @@ def resolve_saved_model(
     return SavedModel(spec, folder, model_type, files)
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No load report or progress bar from transformers: the loading info is checked here instead, and a
+    refusal is one line."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def _check_report(cls, spec: str, info: dict) -> None:
     allowed = NEW_ON_LOAD.get(cls.__name__, ())
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(allowed)]
@@ -195,7 +213,8 @@ def load_vit_mae(saved: SavedModel):
     from .convert import from_vit_mae
 
     try:
-        hf, info = ViTMAEForPreTraining.from_pretrained(saved.folder, output_loading_info=True)
+        with quiet_transformers():
+            hf, info = ViTMAEForPreTraining.from_pretrained(saved.folder, output_loading_info=True)
     except Exception as err:
         raise ModelLoadError(f"{saved.spec}: cannot load as vit_mae ({_first_line(err)})") from None
     _check_report(ViTMAEForPreTraining, saved.spec, info)
@@ -222,7 +241,8 @@ def load_pretrained(cls, spec, *model_args, **kwargs):
 
     def load(folder):
         try:
-            return base(cls, folder, *model_args, output_loading_info=True, **kwargs)
+            with quiet_transformers():
+                return base(cls, folder, *model_args, output_loading_info=True, **kwargs)
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             raise ModelLoadError(f"{saved.spec}: cannot load ({_first_line(err)})") from None
 
