@@ -25,6 +25,7 @@ Upload (``huggingface_hub`` 2.x, ``HfApi``: create repo → create branch → cr
 
 Download (``hf_hub_download``, which ``from_pretrained`` uses):
 
+* ``GET /api/{type}s/{ns}/{name}/tree/{rev}[/{path}]`` – the file list (``snapshot_download``), one page.
 * ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` – ``X-Repo-Commit``; a regular file answers 200 with its git
   blob ``ETag``; an LFS file redirects (302) to its object with ``X-Linked-Etag`` (the sha256) and
   ``X-Linked-Size``, as the Hub redirects to its CDN; a missing file is 404 ``EntryNotFound``.
@@ -66,6 +67,7 @@ _ROUTES = [
     ("POST", re.compile(r"/api/repos/create"), "create_repo"),
     ("POST", re.compile(r"/api/validate-yaml"), "validate_yaml"),
     ("GET", re.compile(_API_REPO + r"(?:/revision/(?P<rev>[^/]+))?"), "repo_info"),
+    ("GET", re.compile(_API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"), "tree"),
     ("POST", re.compile(_API_REPO + r"/branch/(?P<rev>[^/]+)"), "create_branch"),
     ("POST", re.compile(_API_REPO + r"/preupload/(?P<rev>[^/]+)"), "preupload"),
     ("POST", re.compile(_API_REPO + r"/commit/(?P<rev>[^/]+)"), "commit"),
@@ -333,6 +335,33 @@ class LoopbackHub:
                 sibling["lfs"] = {"sha256": tree.lfs[path], "size": len(data), "pointerSize": 134}
             siblings.append(sibling)
         return 200, {"id": repo.repo_id, "sha": tree.head, "private": repo.private, "siblings": siblings}
+
+    def tree(self, match, request, body):
+        """``list_repo_tree`` (``snapshot_download`` lists the files to fetch with it): one page."""
+        repo = self._repo(match, request, write=False)
+        tree = self._tree(repo, unquote(match["rev"]))
+        base = unquote(match["path"] or "").strip("/")
+        recursive = request.query.get("recursive", ["false"])[0] == "true"
+        entries, folders = [], set()
+        for path, data in sorted(tree.files.items()):
+            if base and not path.startswith(base + "/"):
+                continue
+            rest = path[len(base) + 1 :] if base else path
+            if "/" in rest and not recursive:
+                folders.add(f"{base}/{rest.split('/')[0]}" if base else rest.split("/")[0])
+                continue
+            parts = path.split("/")[:-1]
+            folders.update(
+                "/".join(parts[: i + 1]) for i in range(len(base.split("/")) if base else 0, len(parts))
+            )
+            entry = {"type": "file", "oid": _git_blob_sha(data), "size": len(data), "path": path}
+            if path in tree.lfs:
+                entry["lfs"] = {"oid": tree.lfs[path], "size": len(data), "pointerSize": 134}
+            entries.append(entry)
+        entries += [
+            {"type": "directory", "oid": _oid(tree.head, f), "size": 0, "path": f} for f in sorted(folders)
+        ]
+        return 200, entries
 
     def create_branch(self, match, request, body):
         repo = self._repo(match, request, write=True)
