@@ -4,7 +4,7 @@ floor(size / 0.875), bicubic, centre crop, ImageNet mean/std), compared on real 
 
 Tolerance, measured: both resize with PIL's bicubic filter to the same size; transformers rounds the resized
 image to uint8 before rescaling, timm/torchvision do too (``ToTensor`` on the PIL image), so values differ by
-at most one 8-bit level (measured: max 1 level, on at most 0.64 % of the values; one level is 1 / 255 / std, at
+at most one 8-bit level (measured: max 1 level, on at most 0.64 % of the values; a level is 1/255/std, at
 most 0.0175 after normalisation). One real difference remains: when the resized side exceeds the crop by an
 odd number of pixels, torchvision rounds the crop offset half-to-even and transformers rounds it down, so the
 crop can sit one pixel apart (rocket at 224 px). The test checks that this is the only other case: there the
