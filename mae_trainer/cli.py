@@ -53,13 +53,12 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _reconstruct(args: argparse.Namespace) -> None:
     from .data.loader import check_beton
     from .modeling import MAEForPreTraining
+    from .modeling.loading import for_flag
     from .training.pretrain import fixed_images
     from .training.visualize import reconstruction_grid, save_png
 
-    if not (args.model / "config.json").exists():
-        raise UsageError(f"--model {args.model}: no config.json (expected a save_pretrained directory)")
+    model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
     check_beton(args.data)
-    model = MAEForPreTraining.from_pretrained(args.model)
     resolution = args.resolution or model.config.image_size
     if resolution % model.config.patch_size:
         raise UsageError(
@@ -151,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_push_arguments(push)
 
     recon = commands.add_parser("reconstruct", help="write a reconstruction grid PNG for a saved model")
-    recon.add_argument("--model", type=Path, required=True, help="save_pretrained directory")
+    recon.add_argument("--model", required=True, help="saved model: folder or Hub repo id, ours or vit_mae")
     recon.add_argument("--data", type=Path, required=True, help=".beton to take the images from")
     recon.add_argument("--output", type=Path, required=True, help="PNG file to write")
     recon.add_argument("--resolution", type=int, default=None, help="default: the model's image_size")
@@ -163,9 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--to",
         required=True,
         choices=["vit_mae", "timm", "mae"],
-        help="vit_mae: transformers folder; timm: safetensors state dict; mae: import a vit_mae folder",
+        help="vit_mae: transformers folder; timm: safetensors state dict; mae: our format",
     )
-    exp.add_argument("src", type=Path, help="save_pretrained folder (ours, or vit_mae for --to mae)")
+    exp.add_argument("src", help="saved model: folder or Hub repo id, ours or vit_mae")
     exp.add_argument("dst", type=Path, help="output folder (vit_mae, mae) or .safetensors file (timm)")
     exp.add_argument("--overwrite", action="store_true")
     exp.set_defaults(func=_export)

@@ -1,15 +1,21 @@
-"""Publish a ``save_pretrained`` folder of our MAE to the Hugging Face Hub (``mae-trainer push``).
+"""Publish a saved MAE to the Hugging Face Hub (``mae-trainer push``, ``pretrain --push-to-hub``).
 
-One commit uploads a whitelist of files: ``config.json``, the safetensors weights (one file, or an index and
-its shards), ``reconstruction.png`` when present, plus two files written here: ``preprocessor_config.json``
-(a ``ViTImageProcessor`` matching the model's size and normalisation) and a model card ``README.md`` built
-from the config and ``metrics.jsonl``. Nothing else in the folder (``checkpoints/``, ``tensorboard/``, ...)
-is sent.
+The folder is read with the one loader (``modeling/loading.py``: our folder or a ``vit_mae`` one, weights
+checked and loaded), then one commit uploads:
 
-The card declares ``library_name: transformers``: the files are transformers' own layout, read by
-``AutoModel.from_pretrained`` (after ``import mae_trainer`` registers the model type). The Hub keys its
-library filter and "Use this model" snippet on ``library_name`` and only knows registered libraries, so
-``mae_trainer`` there would leave the model without either; the ``mae_trainer`` tag marks our models.
+- ``--format vit_mae`` (default): ``config.json`` (``model_type: vit_mae``) and ``model.safetensors``
+  written by ``export --to vit_mae``, so plain transformers loads the repo as ``ViTMAEForPreTraining``,
+  ``ViTModel`` or ``ViTForImageClassification`` without this package;
+- ``--format mae_trainer``: our ``config.json`` and safetensors weights (one file, or an index and its
+  shards) as they are in the folder; loading needs ``import mae_trainer``;
+
+plus, in both, ``reconstruction.png`` when present, a ``preprocessor_config.json`` that makes
+``AutoImageProcessor`` prepare images as our evaluation does (``export.image_processor``) and a model card
+``README.md`` built from the config and ``metrics.jsonl``. Nothing else in the folder (``checkpoints/``,
+``tensorboard/``, ...) is sent.
+
+The card declares ``library_name: transformers``: the Hub keys its library filter and "Use this model"
+snippet on it and only knows registered libraries; the ``mae_trainer`` tag marks our models.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import argparse
 import json
 import math
 import os
-import struct
+import tempfile
 from pathlib import Path
 
 from .errors import UsageError
@@ -28,78 +34,13 @@ DEFAULT_COMMIT_MESSAGE = "Upload MAE pre-trained with mae_trainer"
 TAGS = ["mae", "masked-autoencoder", "vision", "self-supervised", "mae_trainer", "pretraining"]
 PIPELINE_TAG = "image-feature-extraction"
 LIBRARY_NAME = "transformers"
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
+FORMATS = ("vit_mae", "mae_trainer")
+DEFAULT_FORMAT = "vit_mae"
 RECONSTRUCTION = "reconstruction.png"
 METRICS = "metrics.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def _safetensors_tensors(path: Path) -> dict[str, dict]:
-    """The tensor table from a safetensors header (no weights are read)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise ValueError("shorter than a header")
-            (length,) = struct.unpack("<Q", head)
-            if length > min(path.stat().st_size - 8, 100 * 2**20):
-                raise ValueError(f"header length {length} does not fit the file")
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: not a readable safetensors file ({err})") from None
-    if not isinstance(header, dict):
-        raise UsageError(f"{path}: not a readable safetensors file (header is not a table)")
-    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
-
-
-def _weight_files(model_dir: Path) -> list[str]:
-    """Names of the weight files to upload: ``model.safetensors``, or the index and every shard it names."""
-    if (model_dir / WEIGHTS).is_file():
-        return [WEIGHTS]
-    index = model_dir / WEIGHTS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise UsageError(f"{index}: not a safetensors index ({err})") from None
-        for shard in shards:
-            if Path(shard).name != shard or not (model_dir / shard).is_file():
-                raise UsageError(f"{index}: names shard {shard!r}, which is not a file in {model_dir}")
-        return [WEIGHTS_INDEX, *shards]
-    raise UsageError(
-        f"{model_dir}: no {WEIGHTS} (expected a save_pretrained directory with config.json and {WEIGHTS})"
-    )
-
-
-def _load_config(model_dir: Path):
-    from .modeling import MAEConfig
-
-    path = model_dir / "config.json"
-    if not model_dir.is_dir():
-        raise UsageError(f"{model_dir}: not a directory (expected a save_pretrained directory)")
-    if not path.is_file():
-        raise UsageError(
-            f"{model_dir}: no config.json "
-            f"(expected a save_pretrained directory with config.json and {WEIGHTS})"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: cannot read ({err})") from None
-    if not isinstance(raw, dict) or raw.get("model_type") != MAEConfig.model_type:
-        found = raw.get("model_type") if isinstance(raw, dict) else None
-        raise UsageError(
-            f"{path}: model_type {found!r} is not {MAEConfig.model_type!r} (not an mae_trainer model; "
-            "for a vit_mae folder run `mae-trainer export --to mae` first)"
-        )
-    try:
-        return MAEConfig.from_pretrained(model_dir)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"{path}: invalid MAE config ({err})") from None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -238,6 +179,114 @@ def _config_section(config, parameters: int | None) -> list[str]:
     ]
 
 
+def _resolution_note(config) -> list[str]:
+    return [
+        "### Other resolutions",
+        "",
+        f"At the native {config.image_size} px both packages compute the same thing (loss and logits "
+        "agree to ≤ 1e-5 for the same `noise`). The encoder accepts any side that is a multiple of the "
+        f"patch size ({config.patch_size} px), and there they differ: `mae_trainer` computes the exact 2-D "
+        "sin-cos position table of the actual patch grid, while transformers "
+        "(`interpolate_pos_encoding=True`) resamples the native table bicubically, an approximation "
+        "(measured for the tiny preset at 160 px: logits up to 1.59 apart). For exact results at another "
+        "size, load with `mae_trainer`.",
+        "",
+    ]
+
+
+def _loading_section(config, repo_id: str, rev: str, format: str) -> list[str]:
+    from .modeling.export import EVAL_CROP_PCT
+
+    short = math.floor(config.image_size / EVAL_CROP_PCT)
+    ours = [
+        "```python",
+        "from mae_trainer import MAEForImageClassification, MAEForPreTraining, MAEModel",
+        "",
+        f'encoder = MAEModel.from_pretrained("{repo_id}"{rev})  # the ViT encoder',
+        f'mae = MAEForPreTraining.from_pretrained("{repo_id}"{rev})  # encoder + decoder',
+        f'classifier = MAEForImageClassification.from_pretrained("{repo_id}"{rev}, num_labels=10)',
+        "```",
+        "",
+        f"or `mae-trainer finetune --model {repo_id} ...`, `mae-trainer probe --model {repo_id} ...`.",
+        "",
+    ]
+    processor = [
+        f'processor = AutoImageProcessor.from_pretrained("{repo_id}"{rev})',
+        'inputs = processor(images=Image.open("photo.jpg"), return_tensors="pt")',
+    ]
+    preprocessing = (
+        f"The processor resizes the short side to {short} px (bicubic), crops the centre "
+        f"{config.image_size} px and normalises with the model's mean and std: the evaluation preprocessing "
+        "of `mae_trainer`."
+    )
+    if format == "mae_trainer":
+        return [
+            "## How to load",
+            "",
+            f"The weights are in `mae_trainer`'s own format (`model_type: {config.model_type}`): plain "
+            f"transformers cannot read them. `mae-trainer export --to vit_mae {repo_id} DIR` writes a copy "
+            "that transformers alone loads as `ViTMAEForPreTraining`, `ViTModel` or "
+            "`ViTForImageClassification`. With `mae_trainer` installed, `import mae_trainer` registers the "
+            "model type with transformers' Auto classes:",
+            "",
+            "```python",
+            "import mae_trainer  # registers the model type with transformers",
+            "from PIL import Image",
+            "from transformers import AutoImageProcessor, AutoModel, AutoModelForPreTraining",
+            "",
+            *processor,
+            f'encoder = AutoModel.from_pretrained("{repo_id}"{rev})  # the ViT encoder (MAEModel)',
+            "features = encoder(**inputs).last_hidden_state  # (1, 1 + patches, width): class token first",
+            "",
+            f'mae = AutoModelForPreTraining.from_pretrained("{repo_id}"{rev})  # encoder + decoder',
+            "loss = mae(**inputs).loss  # masked-patch reconstruction loss",
+            "```",
+            "",
+            preprocessing,
+            "",
+            "The classes themselves:",
+            "",
+            *ours,
+            *_resolution_note(config),
+        ]
+    return [
+        "## How to load",
+        "",
+        "### With transformers alone",
+        "",
+        "The repo is a transformers `vit_mae` checkpoint; nothing else needs installing.",
+        "",
+        "```python",
+        "from PIL import Image",
+        "from transformers import (",
+        "    AutoImageProcessor, ViTForImageClassification, ViTMAEForPreTraining, ViTModel",
+        ")",
+        "",
+        *processor,
+        "",
+        f'encoder = ViTModel.from_pretrained("{repo_id}"{rev}, add_pooling_layer=False)  # the ViT encoder',
+        "features = encoder(**inputs).last_hidden_state  # (1, 1 + patches, width): class token first",
+        "",
+        f'mae = ViTMAEForPreTraining.from_pretrained("{repo_id}"{rev})  # encoder + decoder',
+        "loss = mae(**inputs).loss  # reconstruction loss on a random 75 % of the patches",
+        "",
+        "# to fine-tune: the encoder with a new classification head",
+        f'classifier = ViTForImageClassification.from_pretrained("{repo_id}"{rev}, num_labels=10)',
+        "```",
+        "",
+        preprocessing
+        + " `AutoModel` loads the same encoder weights as `ViTMAEModel`, which hides a random share of the "
+        "patches (the pre-training input); `ViTModel` encodes the whole image.",
+        "",
+        "### With mae_trainer",
+        "",
+        "The same repo loads into `mae_trainer`'s classes (converted on load):",
+        "",
+        *ours,
+        *_resolution_note(config),
+    ]
+
+
 def build_model_card(
     config,
     repo_id: str,
@@ -248,6 +297,7 @@ def build_model_card(
     revision: str | None = None,
     parameters: int | None = None,
     reconstruction: bool = False,
+    format: str = DEFAULT_FORMAT,
 ) -> str:
     """The ``README.md`` text: YAML metadata, what the model is, how to load it, the recipe, the shape."""
     import yaml
@@ -273,30 +323,8 @@ def build_model_card(
         "encoder gives image features for linear probing or fine-tuning; the decoder is kept so pre-training "
         "can continue.",
         "",
-        "## How to load",
-        "",
-        "The weights are a transformers `save_pretrained` folder. Install `mae_trainer` and import it first: "
-        f"it registers the `{config.model_type}` model type with transformers' Auto classes.",
-        "",
-        "```python",
-        "import mae_trainer  # registers the model type with transformers",
-        "from PIL import Image",
-        "from transformers import AutoModel, AutoModelForPreTraining, ViTImageProcessor",
-        "",
-        f'processor = ViTImageProcessor.from_pretrained("{repo_id}"{rev})',
-        f'encoder = AutoModel.from_pretrained("{repo_id}"{rev})  # the ViT encoder (MAEModel)',
-        "",
-        'inputs = processor(images=Image.open("photo.jpg").convert("RGB"), return_tensors="pt")',
-        "features = encoder(**inputs).last_hidden_state  # (1, 1 + patches, width): class token first",
-        "",
-        f'mae = AutoModelForPreTraining.from_pretrained("{repo_id}"{rev})  # encoder + decoder',
-        "loss = mae(**inputs).loss  # masked-patch reconstruction loss",
-        "```",
-        "",
-        "The encoder accepts any image side that is a multiple of the patch size (position embeddings are "
-        "fixed 2-D sin-cos tables), not only the native size the processor resizes to.",
-        "",
     ]
+    lines += _loading_section(config, repo_id, rev, format)
     lines += _recipe_section(records or [])
     lines += _config_section(config, parameters)
     if reconstruction:
@@ -312,48 +340,55 @@ def build_model_card(
 
 
 def image_processor_json(config) -> bytes:
-    """``preprocessor_config.json`` for a ``ViTImageProcessor`` with the model's size and normalisation."""
-    import tempfile
+    """``preprocessor_config.json`` of ``export.image_processor``: our evaluation preprocessing."""
+    from .modeling.export import image_processor
 
-    from transformers import ViTImageProcessor
-
-    processor = ViTImageProcessor(
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
-        size={"height": config.image_size, "width": config.image_size},
-        do_resize=True,
-        do_normalize=True,
-    )
     with tempfile.TemporaryDirectory() as tmp:
-        processor.save_pretrained(tmp)
+        image_processor(config).save_pretrained(tmp)
         return (Path(tmp) / "preprocessor_config.json").read_bytes()
 
 
 def collect_files(
     model_dir: Path,
     repo_id: str,
+    staging: Path,
     *,
+    format: str = DEFAULT_FORMAT,
     license: str = DEFAULT_LICENSE,
     datasets: list[str] | None = None,
     revision: str | None = None,
 ) -> dict[str, Path | bytes]:
     """Every file one push sends, path in the repo → local file (``Path``) or generated content (``bytes``).
 
-    Raises ``UsageError`` naming the path when the folder is not a save_pretrained folder of our model."""
+    ``model_dir`` is read with the one loader (our folder or a ``vit_mae`` one; the weights are loaded, so
+    missing or truncated ones are refused here); converted weights are written under ``staging``.
+    Raises ``UsageError`` naming the folder when it cannot be used."""
+    from .modeling import MAEForPreTraining
+    from .modeling.export import write_vit_mae
+    from .modeling.loading import resolve_saved_model
+
+    if format not in FORMATS:
+        raise UsageError(f"--format {format!r}: choose {' or '.join(FORMATS)}")
     model_dir = Path(model_dir)
-    config = _load_config(model_dir)
-    weight_files = _weight_files(model_dir)
-    parameters = 0
-    for name in weight_files:
-        if name.endswith(".safetensors"):
-            for info in _safetensors_tensors(model_dir / name).values():
-                parameters += math.prod(int(d) for d in info.get("shape", []))
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir}: not a directory (expected a save_pretrained folder)")
+    saved = resolve_saved_model(model_dir)
+    model = MAEForPreTraining.from_pretrained(saved.folder)
+    config = model.config
+    if format == "mae_trainer" and saved.is_ours:
+        source, weight_files = model_dir, saved.weight_files  # byte for byte what pre-training saved
+    elif format == "mae_trainer":
+        model.save_pretrained(staging)
+        source, weight_files = staging, ["model.safetensors"]
+    else:
+        write_vit_mae(model, staging)
+        source, weight_files = staging, ["model.safetensors"]
     metrics = model_dir / METRICS
     records = read_metrics(metrics) if metrics.is_file() else []
     has_picture = (model_dir / RECONSTRUCTION).is_file()
 
-    files: dict[str, Path | bytes] = {"config.json": model_dir / "config.json"}
-    files.update({name: model_dir / name for name in weight_files})
+    files: dict[str, Path | bytes] = {"config.json": source / "config.json"}
+    files.update({name: source / name for name in weight_files})
     files["preprocessor_config.json"] = image_processor_json(config)
     if has_picture:
         files[RECONSTRUCTION] = model_dir / RECONSTRUCTION
@@ -364,8 +399,9 @@ def collect_files(
         license=license,
         datasets=datasets,
         revision=revision,
-        parameters=parameters or None,
+        parameters=sum(p.numel() for p in model.parameters()),
         reconstruction=has_picture,
+        format=format,
     ).encode()
     return files
 
@@ -399,24 +435,41 @@ def push_to_hub(
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
     license: str = DEFAULT_LICENSE,
     datasets: list[str] | None = None,
+    format: str = DEFAULT_FORMAT,
 ) -> str:
-    """Upload a ``save_pretrained`` folder of our MAE to ``repo_id`` in one commit; return the commit URL.
+    """Upload a saved MAE (our folder or a ``vit_mae`` one) to ``repo_id`` in one commit, as ``format``
+    (``vit_mae``: plain transformers loads it; ``mae_trainer``: our own); return the commit URL.
 
     Creates the repo if needed (``private`` only applies to a new repo) and, for a ``revision`` other than
     ``main``, the branch (from ``main``'s head). ``endpoint`` defaults to ``HF_ENDPOINT``, else the
     public Hub.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise UsageError(f"repo id {repo_id!r}: {err}") from None
-    files = collect_files(
-        Path(model_dir), repo_id, license=license, datasets=datasets, revision=revision
-    )  # input errors before any request
+    with tempfile.TemporaryDirectory(prefix="mae_trainer_push_") as staging:
+        files = collect_files(
+            Path(model_dir),
+            repo_id,
+            Path(staging),
+            format=format,
+            license=license,
+            datasets=datasets,
+            revision=revision,
+        )  # input errors before any request
+        info = _commit(files, repo_id, token, private, revision, endpoint, commit_message)
+    return info.commit_url
+
+
+def _commit(files, repo_id, token, private, revision, endpoint, commit_message):
+    """Create the repo (and branch) if needed and send ``files`` in one ``create_commit``."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
     token = resolve_token(token)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
     api = HfApi(endpoint=endpoint, token=token)
@@ -432,7 +485,7 @@ def push_to_hub(
         if revision and revision != "main" and not revision.startswith("refs/pr/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src) for p, src in files.items()]
-        info = api.create_commit(
+        return api.create_commit(
             repo_id,
             operations=operations,
             commit_message=commit_message,
@@ -447,7 +500,6 @@ def push_to_hub(
                 "access (--token or HF_TOKEN)"
             ) from None
         raise
-    return info.commit_url
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -455,7 +507,9 @@ def push_to_hub(
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mae-trainer push DIR REPO``; also sets ``func=run_push``."""
-    parser.add_argument("model_dir", type=Path, metavar="DIR", help="save_pretrained folder to upload")
+    parser.add_argument(
+        "model_dir", type=Path, metavar="DIR", help="saved model folder to upload (ours or vit_mae)"
+    )
     parser.add_argument("repo_id", metavar="REPO", help="Hub repo id, namespace/name (created if missing)")
     parser.add_argument("--token", default=None, help="Hub write token (default: $HF_TOKEN, saved login)")
     parser.add_argument("--private", action="store_true", help="create the repo private (new repos only)")
@@ -473,6 +527,13 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         "--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)"
     )
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE)
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=DEFAULT_FORMAT,
+        help="vit_mae (default): plain transformers loads the repo; mae_trainer: our own format, which "
+        "needs `import mae_trainer` to load",
+    )
     parser.set_defaults(func=run_push)
 
 
@@ -487,6 +548,7 @@ def run_push(args: argparse.Namespace) -> None:
         commit_message=getattr(args, "commit_message", None) or DEFAULT_COMMIT_MESSAGE,
         license=args.license,
         datasets=args.datasets,
+        format=getattr(args, "format", DEFAULT_FORMAT),
     )
     print(f"pushed {args.model_dir} to {args.repo_id}" + (f" ({args.revision})" if args.revision else ""))
     print(f"commit: {url}")

@@ -104,6 +104,8 @@ def test_export_refuses_bad_paths(saved, tmp_path):
     assert result.returncode == 2 and "already exists" in result.stderr
     result = run_cli("export", "--to", "timm", str(src), str(tmp_path / "x.bin"))
     assert result.returncode == 2 and ".safetensors" in result.stderr
-    result = run_cli("export", "--to", "mae", str(src), str(tmp_path / "y"))
-    assert result.returncode == 2 and "imports a vit_mae folder" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    result = run_cli("export", "--to", "mae", str(tmp_path / "bert"), str(tmp_path / "y"))
+    assert result.returncode == 2 and f"SRC {tmp_path / 'bert'}: model_type 'bert'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "exists"]

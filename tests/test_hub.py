@@ -1,12 +1,22 @@
 """``mae_trainer.hub``: push a saved tiny MAE through the real ``huggingface_hub`` client to a loopback Hub
-(tests/hub_server.py) and check what arrives, byte for byte and by reloading it."""
+(tests/hub_server.py) and check what arrives, byte for byte and by reloading it, also by repo id in fresh
+processes pointed at the loopback Hub with ``HF_ENDPOINT``.
+
+``model.safetensors`` travels the way the Hub makes the client send it: ``preupload`` answers ``lfs`` (the
+repo's ``.gitattributes`` lists ``*.safetensors``), then the LFS batch API, a multipart upload and verify.
+The installed client would use Xet storage instead whenever ``hf_xet`` is installed (it is); the loopback
+Hub does not implement Xet, so the tests turn it off with the client's own switch, ``HF_HUB_DISABLE_XET``."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,10 +26,12 @@ from PIL import Image
 from mae_trainer import MAEConfig, MAEForPreTraining
 from mae_trainer.errors import UsageError
 from mae_trainer.hub import TAGS, add_push_arguments, collect_files, push_to_hub, run_push
+from mae_trainer.modeling.convert import to_vit_mae
 
 from .hub_server import LoopbackHub
 
 TOKEN = "hf_loopback_test_token"
+PART = 8 * 2**20  # LFS objects above this go up in parts (the tiny model's weights are ~26 MB: 4 parts)
 UPLOADED = {
     "config.json",
     "model.safetensors",
@@ -62,7 +74,8 @@ def hub(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # loopback only
-    with LoopbackHub(tokens={TOKEN}) as server:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # LFS: see the docstring
+    with LoopbackHub(tokens={TOKEN}, multipart_size=PART) as server:
         yield server
     # after stop(): every request was one the server knows
     assert not server.unhandled, [(r.method, r.path) for r in server.unhandled]
@@ -82,6 +95,15 @@ def _front_matter(readme: str) -> dict:
     return yaml.safe_load(readme.split("---\n", 2)[1])
 
 
+def pushed(hub, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    """The repo's files less the ``.gitattributes`` the Hub wrote when it created the repo."""
+    return {k: v for k, v in hub.files(repo_id, revision).items() if k != ".gitattributes"}
+
+
+def lfs_calls(hub, start: int = 0) -> list[tuple[str, str, int]]:
+    return [(r.method, r.path.split("/")[1], r.status) for r in hub.requests[start:] if "lfs" in r.path]
+
+
 def _rebuild(files: dict[str, bytes], folder):
     folder.mkdir()
     for name, data in files.items():
@@ -89,35 +111,53 @@ def _rebuild(files: dict[str, bytes], folder):
     return folder
 
 
-def test_push_uploads_whitelist_byte_identical_and_reloads(model_dir, hub, tmp_path, no_saved_token):
+def test_push_uploads_vit_mae_through_lfs_and_reloads(model_dir, hub, tmp_path, no_saved_token):
     url = push_to_hub(model_dir, "alice/mae-tiny", token=TOKEN, private=True, endpoint=hub.url,
                       datasets=["ILSVRC/imagenet-1k"])  # fmt: skip
     assert url.startswith(f"{hub.url}/alice/mae-tiny/commit/")
 
-    received = hub.files("alice/mae-tiny", "main")
+    received = pushed(hub, "alice/mae-tiny")
     assert set(received) == UPLOADED  # never checkpoints/, tensorboard/ or metrics.jsonl
-    for name in ("config.json", "model.safetensors", "reconstruction.png"):
-        assert received[name] == (model_dir / name).read_bytes(), name
-    expected = collect_files(model_dir, "alice/mae-tiny", datasets=["ILSVRC/imagenet-1k"])
+    assert received["reconstruction.png"] == (model_dir / "reconstruction.png").read_bytes()
+    expected = collect_files(
+        model_dir, "alice/mae-tiny", tmp_path / "staging", datasets=["ILSVRC/imagenet-1k"]
+    )
     for name in ("README.md", "preprocessor_config.json"):
         assert received[name] == expected[name], name
+    for name in ("config.json", "model.safetensors"):  # what `export --to vit_mae` writes
+        assert received[name] == expected[name].read_bytes(), name
+    assert json.loads(received["config.json"])["model_type"] == "vit_mae"
 
-    # the client's requests: create (private) → validate card → preupload → commit, all with the token
+    # the weights went the LFS way: preupload said lfs, batch → 4 parts → completion → verify → lfsFile
+    weights = received["model.safetensors"]
+    oid = hashlib.sha256(weights).hexdigest()
+    assert hub.lfs_paths("alice/mae-tiny") == {"model.safetensors": oid}
+    preupload = hub.requests_to("POST", "/api/models/alice/mae-tiny/preupload/main")[0]
+    assert {f["path"] for f in preupload.json["files"]} == UPLOADED
+    parts = -(-len(weights) // PART)
+    assert parts == 4
+    assert [(r.method, r.path) for r in hub.requests] == [
+        ("POST", "/api/repos/create"),
+        ("POST", "/api/validate-yaml"),
+        ("POST", "/api/models/alice/mae-tiny/preupload/main"),
+        ("POST", "/alice/mae-tiny.git/info/lfs/objects/batch"),
+        *[("PUT", f"/lfs-upload/{oid}/part/{n}") for n in range(1, parts + 1)],
+        ("POST", f"/lfs-upload/{oid}"),
+        ("POST", "/alice/mae-tiny.git/info/lfs/objects/verify"),
+        ("POST", "/api/models/alice/mae-tiny/commit/main"),
+    ]
+    batch = hub.requests_to("POST", "/alice/mae-tiny.git/info/lfs/objects/batch")[0]
+    assert batch.json["objects"] == [{"oid": oid, "size": len(weights)}]
     create = hub.requests_to("POST", "/api/repos/create")
     assert [r.json for r in create] == [
         {"name": "mae-tiny", "organization": "alice", "visibility": "private", "type": "model"}
     ]
     assert hub.repos["alice/mae-tiny"].private
-    assert [(r.method, r.path) for r in hub.requests] == [
-        ("POST", "/api/repos/create"),
-        ("POST", "/api/validate-yaml"),
-        ("POST", "/api/models/alice/mae-tiny/preupload/main"),
-        ("POST", "/api/models/alice/mae-tiny/commit/main"),
-    ]
-    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.requests)
+    hub_api = [r for r in hub.requests if not r.path.startswith("/lfs-upload/")]  # pre-signed URLs: no token
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub_api)
     assert all(r.status == 200 for r in hub.requests)
 
-    # model card
+    # model card: plain transformers first, then this package
     readme = received["README.md"].decode()
     meta = _front_matter(readme)
     assert meta["library_name"] == "transformers"
@@ -125,7 +165,12 @@ def test_push_uploads_whitelist_byte_identical_and_reloads(model_dir, hub, tmp_p
     assert meta["pipeline_tag"] == "image-feature-extraction"
     assert meta["datasets"] == ["ILSVRC/imagenet-1k"]
     assert set(TAGS) <= set(meta["tags"]) and {"mae", "mae_trainer", "self-supervised"} <= set(meta["tags"])
-    assert "import mae_trainer" in readme and 'AutoModel.from_pretrained("alice/mae-tiny")' in readme
+    plain = readme.index('ViTMAEForPreTraining.from_pretrained("alice/mae-tiny")')
+    assert plain < readme.index('MAEForPreTraining.from_pretrained("alice/mae-tiny")', plain + 10)
+    assert 'ViTModel.from_pretrained("alice/mae-tiny", add_pooling_layer=False)' in readme
+    assert "import mae_trainer  #" not in readme  # nothing to register: plain transformers reads it
+    assert "resizes the short side to 36 px (bicubic), crops the centre 32 px" in readme
+    assert "interpolate_pos_encoding=True" in readme and "exact 2-D sin-cos" in readme
     assert "| optimizer steps | 8 |" in readme
     assert "| epochs | 4 |" in readme
     assert "| final loss | 0.875 |" in readme
@@ -135,42 +180,34 @@ def test_push_uploads_whitelist_byte_identical_and_reloads(model_dir, hub, tmp_p
     assert "![MAE reconstructions](reconstruction.png)" in readme
     Image.open(io.BytesIO(received["reconstruction.png"])).verify()  # a real PNG arrived
 
-    # a folder rebuilt from the received bytes loads with transformers and mae_trainer
-    from transformers import AutoModel, ViTImageProcessor
+    # a folder rebuilt from the received bytes loads with transformers and with mae_trainer
+    from transformers import AutoImageProcessor, ViTMAEForPreTraining
 
     folder = _rebuild(received, tmp_path / "download")
-    config = MAEConfig.from_pretrained(folder)
-    processor = ViTImageProcessor.from_pretrained(folder)
-    assert (processor.size["height"], processor.size["width"]) == (32, 32)
-    assert list(processor.image_mean) == pytest.approx(config.image_mean)
-    assert list(processor.image_std) == pytest.approx(config.image_std)
-    assert processor.do_resize and processor.do_normalize
-
-    original = MAEForPreTraining.from_pretrained(model_dir).state_dict()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert type(processor).__name__ == "BitImageProcessor"
+    assert processor.size == {"shortest_edge": 36} and processor.crop_size == {"height": 32, "width": 32}
+    original = MAEForPreTraining.from_pretrained(model_dir)
     reloaded = MAEForPreTraining.from_pretrained(folder)
-    state = reloaded.state_dict()
-    assert state.keys() == original.keys()
-    assert all(torch.equal(state[k], original[k]) for k in original)
-
-    # the card's snippet works on what arrived
-    inputs = processor(images=Image.open(folder / "reconstruction.png").convert("RGB"), return_tensors="pt")
-    encoder = AutoModel.from_pretrained(folder).eval()
+    state, reference = reloaded.state_dict(), original.state_dict()
+    assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in reference)
+    inputs = processor(images=Image.open(folder / "reconstruction.png"), return_tensors="pt")
+    noise = torch.rand(1, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        features = encoder(**inputs).last_hidden_state
-        loss = reloaded.eval()(**inputs).loss
-    assert features.shape == (1, 1 + 4, 192)
-    assert torch.isfinite(loss)
+        theirs = ViTMAEForPreTraining.from_pretrained(folder).eval()(**inputs, noise=noise)
+        ours = original.eval()(**inputs, noise=noise)
+    assert (theirs.logits - ours.logits).abs().max() <= 1e-5 and (theirs.loss - ours.loss).abs() <= 1e-5
 
 
 def test_cli_push_to_branch_with_env_token(model_dir, hub, monkeypatch, capsys, no_saved_token):
-    push_to_hub(model_dir, "alice/mae-tiny", token=TOKEN, endpoint=hub.url)  # main exists first
+    push_to_hub(model_dir, "alice/mae-tiny", token=TOKEN, endpoint=hub.url)  # main exists first (vit_mae)
     main_before = hub.files("alice/mae-tiny", "main")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     parser = argparse.ArgumentParser(prog="mae-trainer push")
     add_push_arguments(parser)
     args = parser.parse_args([
         str(model_dir), "alice/mae-tiny", "--revision", "dev", "--endpoint", hub.url,
-        "--license", "mit", "--dataset", "alice/faces", "--dataset", "alice/cats",
+        "--license", "mit", "--dataset", "alice/faces", "--dataset", "alice/cats", "--format", "mae_trainer",
     ])  # fmt: skip
     assert args.func is run_push
     first = len(hub.requests)
@@ -178,7 +215,7 @@ def test_cli_push_to_branch_with_env_token(model_dir, hub, monkeypatch, capsys, 
     out = capsys.readouterr().out
     assert f"commit: {hub.url}/alice/mae-tiny/commit/" in out
 
-    calls = [(r.method, r.path, r.status) for r in hub.requests[first:]]
+    calls = [(r.method, r.path, r.status) for r in hub.requests[first:] if "lfs" not in r.path]
     assert calls == [
         ("POST", "/api/repos/create", 409),  # exists: exist_ok
         ("POST", "/api/models/alice/mae-tiny/branch/dev", 200),
@@ -186,11 +223,23 @@ def test_cli_push_to_branch_with_env_token(model_dir, hub, monkeypatch, capsys, 
         ("POST", "/api/models/alice/mae-tiny/preupload/dev", 200),
         ("POST", "/api/models/alice/mae-tiny/commit/dev", 200),
     ]
+    # our weights are a new object: batch, 4 parts, completion, verify
+    assert lfs_calls(hub, first) == [
+        ("POST", "alice", 200),
+        *[("PUT", "lfs-upload", 200)] * 4,
+        ("POST", "lfs-upload", 200),
+        ("POST", "alice", 200),
+    ]
     assert hub.requests[first].json["visibility"] == "public"
-    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.requests[first:])
+    signed = [r for r in hub.requests[first:] if r.path.startswith("/lfs-upload/")]  # pre-signed: no token
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.requests[first:] if r not in signed)
 
-    dev = hub.files("alice/mae-tiny", "dev")
+    dev = pushed(hub, "alice/mae-tiny", "dev")
     assert set(dev) == UPLOADED
+    for name in ("config.json", "model.safetensors"):  # --format mae_trainer: the folder's own files
+        assert dev[name] == (model_dir / name).read_bytes(), name
+    assert json.loads(dev["config.json"])["model_type"] == "mae_trainer_mae"
+    assert "import mae_trainer  #" in dev["README.md"].decode()
     assert hub.files("alice/mae-tiny", "main") == main_before  # the branch took the commit, not main
     assert [c["branch"] for c in hub.repos["alice/mae-tiny"].commits] == ["main", "main", "dev"]
     meta = _front_matter(dev["README.md"].decode())
@@ -198,8 +247,11 @@ def test_cli_push_to_branch_with_env_token(model_dir, hub, monkeypatch, capsys, 
     assert meta["datasets"] == ["alice/faces", "alice/cats"]
     assert 'from_pretrained("alice/mae-tiny", revision="dev")' in dev["README.md"].decode()
 
-    # the same branch again: the branch exists (409, exist_ok) and the commit lands on it
+    # the same branch again: the branch exists (409, exist_ok), the weights are already stored (the batch
+    # answers without actions, nothing is uploaded) and the commit lands on the branch
+    again = len(hub.requests)
     args.func(args)
+    assert lfs_calls(hub, again) == [("POST", "alice", 200)]
     assert ("POST", "/api/models/alice/mae-tiny/branch/dev", 409) in [
         (r.method, r.path, r.status) for r in hub.requests
     ]
@@ -211,7 +263,7 @@ def test_cli_push_subcommand(model_dir, hub, monkeypatch, no_saved_token):
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert cli.main(["push", str(model_dir), "bob/mae", "--endpoint", hub.url, "--private"]) == 0
-    assert set(hub.files("bob/mae")) == UPLOADED
+    assert set(pushed(hub, "bob/mae")) == UPLOADED
     assert hub.requests_to("POST", "/api/repos/create")[0].json["visibility"] == "private"
     monkeypatch.delenv("HF_TOKEN")
     assert cli.main(["push", str(model_dir), "bob/mae", "--endpoint", hub.url]) == 2
@@ -246,12 +298,18 @@ def test_bad_folder_is_a_usage_error(tmp_path, hub, model_dir):
     with pytest.raises(UsageError, match=rf"{no_weights}: no model\.safetensors"):
         push_to_hub(no_weights, "alice/x", token=TOKEN, endpoint=hub.url)
 
-    not_ours = tmp_path / "vit"
-    not_ours.mkdir()
-    (not_ours / "config.json").write_text(json.dumps({"model_type": "vit_mae"}))
-    (not_ours / "model.safetensors").write_bytes((model_dir / "model.safetensors").read_bytes()[:100])
-    with pytest.raises(UsageError, match=r"config\.json: model_type 'vit_mae'"):
-        push_to_hub(not_ours, "alice/x", token=TOKEN, endpoint=hub.url)
+    not_mae = tmp_path / "bert"
+    not_mae.mkdir()
+    (not_mae / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UsageError, match=rf"{not_mae}: model_type 'bert' is not a masked autoencoder"):
+        push_to_hub(not_mae, "alice/x", token=TOKEN, endpoint=hub.url)
+
+    truncated = tmp_path / "truncated"
+    to_vit_mae(MAEForPreTraining.from_pretrained(model_dir)).save_pretrained(truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(UsageError, match=rf"{truncated}/model\.safetensors: truncated"):
+        push_to_hub(truncated, "alice/x", token=TOKEN, endpoint=hub.url)
 
     with pytest.raises(UsageError, match="repo id"):
         push_to_hub(model_dir, "alice/bad name!", token=TOKEN, endpoint=hub.url)
@@ -303,7 +361,102 @@ def test_pretrain_pushes_at_the_end(demo_beton, hub, tmp_path, monkeypatch, no_s
     assert not out.exists() and not hub.requests
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert cli.main(args) == 0
-    files = hub.files("carol/run")
+    files = pushed(hub, "carol/run")
     assert set(files) == UPLOADED
-    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert json.loads(files["config.json"])["model_type"] == "vit_mae"  # portable by default
+    assert hub.lfs_paths("carol/run") == {
+        "model.safetensors": hashlib.sha256(files["model.safetensors"]).hexdigest()
+    }
     assert "final loss" in files["README.md"].decode().lower()
+
+
+def _fresh(code: str, hub, home, *, without_us: bool) -> str:
+    """Run ``code`` in a new interpreter whose only Hub is the loopback one (``HF_ENDPOINT``), with an empty
+    cache; ``without_us``: fail if it imported mae_trainer."""
+    if without_us:
+        code += (
+            "\nimport sys\nassert not any(m.startswith('mae_trainer') for m in sys.modules), 'imported us'\n"
+        )
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN}  # fmt: skip
+    home.mkdir(parents=True, exist_ok=True)
+    if without_us:
+        env.pop("PYTHONPATH", None)  # and nothing on the path points at this checkout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=home)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_pushed_repos_load_by_repo_id_in_fresh_processes(model_dir, hub, tmp_path, no_saved_token):
+    """Both formats go up through LFS and come back down through resolve/redirect by repo id."""
+    push_to_hub(model_dir, "alice/portable", token=TOKEN, endpoint=hub.url)
+    push_to_hub(model_dir, "alice/ours", token=TOKEN, endpoint=hub.url, format="mae_trainer")
+    original = MAEForPreTraining.from_pretrained(model_dir).eval()
+    x = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 4)
+    torch.save({"x": x, "noise": noise}, tmp_path / "inputs.pt")
+    first = len(hub.requests)
+
+    # vit_mae: plain transformers, no mae_trainer anywhere in the process
+    _fresh(f"""
+import torch
+from transformers import (AutoImageProcessor, AutoModel, ViTForImageClassification, ViTMAEForPreTraining,
+                          ViTModel)
+inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+mae = ViTMAEForPreTraining.from_pretrained("alice/portable").eval()
+vit = ViTModel.from_pretrained("alice/portable", add_pooling_layer=False).eval()
+auto = AutoModel.from_pretrained("alice/portable")
+clf = ViTForImageClassification.from_pretrained("alice/portable", num_labels=5)
+processor = AutoImageProcessor.from_pretrained("alice/portable")
+assert type(auto).__name__ == "ViTMAEModel" and type(processor).__name__ == "BitImageProcessor"
+mae_state, vit_state = mae.state_dict(), vit.state_dict()
+for other in (auto.state_dict(), clf.state_dict()):
+    prefix = "vit." if any(k.startswith("vit.") for k in other) else ""
+    for key, value in vit_state.items():
+        assert torch.equal(value, other[prefix + key]), key
+for key, value in vit_state.items():
+    assert torch.equal(value, mae_state["vit." + key]), key
+with torch.no_grad():
+    out = mae(inputs["x"], noise=inputs["noise"])
+    feats = vit(inputs["x"]).last_hidden_state
+torch.save({{"loss": out.loss, "logits": out.logits, "features": feats}}, {str(tmp_path / "vit.pt")!r})
+""", hub, tmp_path / "home_plain", without_us=True)  # fmt: skip
+    theirs = torch.load(tmp_path / "vit.pt")
+    with torch.no_grad():
+        ours = original(x, noise=noise)
+        features = original.mae(x).last_hidden_state
+    logits_gap = (ours.logits - theirs["logits"]).abs().max().item()
+    loss_gap = (ours.loss - theirs["loss"]).abs().item()
+    assert logits_gap <= 1e-5 and loss_gap <= 1e-5, (logits_gap, loss_gap)
+    assert (features - theirs["features"]).abs().max() <= 1e-4
+
+    # the download went through the Hub's endpoints: revision info, HEAD/GET resolve, the CDN redirect
+    calls = {
+        (r.method, r.path.split("/")[3] if r.path.count("/") > 3 else r.path) for r in hub.requests[first:]
+    }
+    assert ("HEAD", "resolve") in calls and ("GET", "resolve") in calls
+    assert any(r.path.startswith("/lfs-objects/") and r.method == "GET" for r in hub.requests[first:])
+    assert all(r.status in (200, 302, 404) for r in hub.requests[first:])
+
+    # both repos, by id, into mae_trainer's classes (and AutoModel after `import mae_trainer`)
+    state = _fresh("""
+import torch
+import mae_trainer
+from transformers import AutoModel
+from mae_trainer import MAEForPreTraining, MAEModel
+for repo in ("alice/portable", "alice/ours"):
+    pre = MAEForPreTraining.from_pretrained(repo)
+    torch.save(pre.state_dict(), repo.split("/")[1] + ".pt")
+    encoder = MAEModel.from_pretrained(repo).state_dict()
+    assert all(torch.equal(v, pre.state_dict()["mae." + k]) for k, v in encoder.items())
+assert type(AutoModel.from_pretrained("alice/ours")).__name__ == "MAEModel"
+print("ok")
+""", hub, tmp_path / "home_ours", without_us=False)  # fmt: skip
+    assert state.strip().endswith("ok")
+    reference = original.state_dict()
+    for name in ("portable", "ours"):
+        loaded = torch.load(tmp_path / "home_ours" / f"{name}.pt")
+        assert loaded.keys() == reference.keys() and all(
+            torch.equal(loaded[k], reference[k]) for k in reference
+        )

@@ -171,7 +171,7 @@ def unlabelled_beton(path):
         ("missing-train", ["--train", "no such file"]),
         ("no-labels", ["--train", "no 'label' field"]),
         ("k-too-large", ["--k 100", "48 training samples"]),
-        ("not-a-model", ["--model", "not a mae_trainer saved model"]),
+        ("not-a-model", ["--model", "no config.json"]),
         ("no-probe", ["--knn / --linear"]),
         ("bad-fraction", ["--val-fraction 1.5"]),
         ("bad-resolution", ["--resolution 40", "patch size 16"]),

@@ -29,7 +29,7 @@ from .probe import stratified_split
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--model", required=True, help="pre-trained mae_trainer model: folder or Hub repo id")
+    data.add_argument("--model", required=True, help="pre-trained MAE: folder or Hub id, ours or vit_mae")
     data.add_argument("--train", type=Path, required=True, help="labelled .beton, ImageFolder or HF dataset")
     data.add_argument("--val", type=Path, default=None, help="held-out split (same kinds as --train)")
     data.add_argument(
@@ -90,9 +90,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs}: must be in [0, --epochs={args.epochs})")
     if args.val is None and not 0 < args.val_fraction < 1:
         raise UsageError(f"--val-fraction {args.val_fraction}: must be in (0, 1) when there is no --val")
-    local = Path(args.model)
-    if local.exists() and not (local / "config.json").exists():
-        raise UsageError(f"--model {local}: no config.json (expected a save_pretrained folder)")
+    from ..modeling.loading import for_flag, resolve_saved_model
+
+    for_flag("--model", resolve_saved_model, args.model)  # folder or Hub id, ours or vit_mae, weights intact
     if (args.output_dir / "model.safetensors").exists() and not args.overwrite:
         raise UsageError(
             f"--output-dir {args.output_dir}: already holds a model (pass --overwrite to replace it)"
@@ -101,18 +101,18 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def load_model(args: argparse.Namespace, classes: list[str]):
     from ..modeling import MAEForImageClassification
+    from ..modeling.loading import for_flag
 
-    try:
-        return MAEForImageClassification.from_pretrained(
-            args.model,
-            num_labels=len(classes),
-            id2label=dict(enumerate(classes)),
-            label2id={c: i for i, c in enumerate(classes)},
-            drop_path_rate=args.drop_path,
-            global_pool=args.global_pool,
-        )
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--model {args.model}: cannot load ({err})") from None
+    return for_flag(
+        "--model",
+        MAEForImageClassification.from_pretrained,
+        args.model,
+        num_labels=len(classes),
+        id2label=dict(enumerate(classes)),
+        label2id={c: i for i, c in enumerate(classes)},
+        drop_path_rate=args.drop_path,
+        global_pool=args.global_pool,
+    )
 
 
 def soft_targets(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enc = parser.add_argument_group("encoder (one of)")
     which = enc.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--model", type=Path, default=None, metavar="DIR", help="save_pretrained directory of mae_trainer"
+        "--model", default=None, metavar="DIR", help="pre-trained MAE: folder or Hub repo id, ours or vit_mae"
     )
     which.add_argument(
         "--random-init",
@@ -330,22 +330,9 @@ def load_encoder(args: argparse.Namespace):
         torch.manual_seed(args.seed)
         config = MAEConfig.from_preset(args.random_init, image_size=args.image_size)
         return MAEModel(config), f"random-init:{args.random_init}"
-    config_file = args.model / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"--model {args.model}: not a mae_trainer saved model (no config.json)")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--model {args.model}: unreadable config.json ({err})") from None
-    if model_type != "mae_trainer_mae":
-        raise UsageError(
-            f"--model {args.model}: not a mae_trainer saved model (model_type {model_type!r}, "
-            "expected 'mae_trainer_mae'; `mae-trainer export --to mae` imports vit_mae folders)"
-        )
-    try:
-        return MAEModel.from_pretrained(args.model), str(args.model)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--model {args.model}: cannot load ({type(err).__name__}: {err})") from None
+    from ..modeling.loading import for_flag
+
+    return for_flag("--model", MAEModel.from_pretrained, args.model), str(args.model)
 
 
 def check_arguments(args: argparse.Namespace) -> None:

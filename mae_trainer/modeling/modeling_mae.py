@@ -99,6 +99,17 @@ class MAEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load our folder or a transformers ``vit_mae`` one (converted), locally or by Hub repo id.
+
+        Refuses (``ModelLoadError``, one line naming the folder) another ``model_type``, missing or
+        truncated weights, and weights lacking a tensor the model needs (only a classifier's new head may
+        start untrained)."""
+        from .loading import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Reference MAE init: xavier-uniform linears (patch projection as a flattened linear), zero
