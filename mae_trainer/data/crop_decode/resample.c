@@ -123,6 +123,16 @@ static int box_is_valid(int64_t rows, int64_t cols, double y, double x, double h
            x >= -slack && y + h <= rows + slack && x + w <= cols + slack;
 }
 
+/* Check the box and build both directions' taps with build (to be freed, whatever the status). */
+typedef int (*taps_builder)(struct taps *, double start, double length, int64_t n_source, int64_t n_out);
+
+static int box_taps(taps_builder build, int64_t rows, int64_t cols, double y, double x, double h, double w,
+                    int64_t out_h, int64_t out_w, struct taps *vertical, struct taps *horizontal) {
+    if (!box_is_valid(rows, cols, y, x, h, w, out_h, out_w)) return RS_ERR_ARGS;
+    int status = build(vertical, y, h, rows, out_h);
+    return status == RS_OK ? build(horizontal, x, w, cols, out_w) : status;
+}
+
 /* Apply the vertical then the horizontal taps (the status of building them comes in) to the contiguous
  * rows x cols x 3 image src, writing the contiguous out_h x out_w x 3 image dst; frees the taps. */
 static int resample(const uint8_t *src, int64_t cols, struct taps *vertical, struct taps *horizontal,
@@ -170,12 +180,13 @@ static int resample(const uint8_t *src, int64_t cols, struct taps *vertical, str
  * to the contiguous out_h x out_w x 3 image dst. The box must lie inside the image. */
 int cropjpeg_resize_area(const uint8_t *src, int64_t rows, int64_t cols, double y, double x, double h,
                          double w, uint8_t *dst, int64_t out_h, int64_t out_w) {
-    if (!box_is_valid(rows, cols, y, x, h, w, out_h, out_w)) return RS_ERR_ARGS;
     struct taps vertical = {0}, horizontal = {0};
-    int status = build_taps(&vertical, y, h, rows, out_h);
-    if (status == RS_OK) status = build_taps(&horizontal, x, w, cols, out_w);
+    int status = box_taps(build_taps, rows, cols, y, x, h, w, out_h, out_w, &vertical, &horizontal);
+    if (status == RS_ERR_ARGS) return status;
     return resample(src, cols, &vertical, &horizontal, status, dst, out_h, out_w);
 }
+
+typedef float rgbx __attribute__((vector_size(16))); /* GCC/Clang vector: R, G, B, unused */
 
 static uint8_t to_uint8(float v) { /* v + 0.5 truncated: round to nearest, clamped */
     return v <= 0.5f ? 0 : v >= 254.5f ? 255 : (uint8_t)(v + 0.5f);
@@ -186,35 +197,42 @@ static uint8_t to_uint8(float v) { /* v + 0.5 truncated: round to nearest, clamp
  * by several levels, so the order matters for agreeing with PIL. */
 int cropjpeg_resize_bicubic(const uint8_t *src, int64_t rows, int64_t cols, double y, double x, double h,
                             double w, uint8_t *dst, int64_t out_h, int64_t out_w) {
-    if (!box_is_valid(rows, cols, y, x, h, w, out_h, out_w)) return RS_ERR_ARGS;
     struct taps vertical = {0}, horizontal = {0};
-    int status = build_cubic_taps(&vertical, y, h, rows, out_h);
-    if (status == RS_OK) status = build_cubic_taps(&horizontal, x, w, cols, out_w);
+    int status = box_taps(build_cubic_taps, rows, cols, y, x, h, w, out_h, out_w, &vertical, &horizontal);
+    if (status == RS_ERR_ARGS) return status;
     /* Source rows [first_row, first_row + n_rows) are used (the taps are increasing). */
     int64_t first_row = 0, n_rows = 0;
     if (status == RS_OK) {
         first_row = vertical.first[0];
         n_rows = vertical.first[out_h - 1] + vertical.count[out_h - 1] - first_row;
     }
+    /* The horizontal pass reads source columns [first_col, first_col + span) (the taps are increasing). */
+    int64_t first_col = status == RS_OK ? horizontal.first[0] : 0, span = 0;
+    if (status == RS_OK) span = horizontal.first[out_w - 1] + horizontal.count[out_w - 1] - first_col;
     uint8_t *narrow = status == RS_OK ? malloc((size_t)n_rows * out_w * 3) : NULL;
     float *line = status == RS_OK ? malloc(sizeof(float) * out_w * 3) : NULL;
-    if (status == RS_OK && (!narrow || !line)) status = RS_ERR_MEMORY;
+    /* One source row as floats, plus one so that every pixel can be loaded as 4 floats. */
+    float *pixels = status == RS_OK ? malloc(sizeof(float) * (span * 3 + 1)) : NULL;
+    if (status == RS_OK && (!narrow || !line || !pixels)) status = RS_ERR_MEMORY;
 
+    /* Horizontal pass, one pixel (3 channels, plus one ignored lane) per vector operation: the same float
+     * operations in the same order as per channel, so the same results, three times fewer instructions. */
     for (int64_t r = 0; status == RS_OK && r < n_rows; r++) {
-        const uint8_t *row = src + (first_row + r) * cols * 3;
+        const uint8_t *row = src + ((first_row + r) * cols + first_col) * 3;
+        for (int64_t k = 0; k < span * 3; k++) pixels[k] = row[k];
+        pixels[span * 3] = 0;
         uint8_t *out = narrow + r * out_w * 3;
         for (int64_t c = 0; c < out_w; c++) {
-            const uint8_t *p = row + horizontal.first[c] * 3;
+            const float *p = pixels + (horizontal.first[c] - first_col) * 3;
             const float *wc = horizontal.weight + c * horizontal.stride;
-            float red = 0, green = 0, blue = 0;
+            rgbx sum = {0, 0, 0, 0}, pixel;
             for (int64_t t = 0; t < horizontal.count[c]; t++, p += 3) {
-                red += wc[t] * p[0];
-                green += wc[t] * p[1];
-                blue += wc[t] * p[2];
+                memcpy(&pixel, p, sizeof pixel);
+                sum += wc[t] * pixel;
             }
-            out[3 * c] = to_uint8(red);
-            out[3 * c + 1] = to_uint8(green);
-            out[3 * c + 2] = to_uint8(blue);
+            out[3 * c] = to_uint8(sum[0]);
+            out[3 * c + 1] = to_uint8(sum[1]);
+            out[3 * c + 2] = to_uint8(sum[2]);
         }
     }
     /* Vertical pass: the inner loop runs along whole rows, which the compiler vectorises. */
@@ -233,5 +251,6 @@ int cropjpeg_resize_bicubic(const uint8_t *src, int64_t rows, int64_t cols, doub
     free_taps(&horizontal);
     free(narrow);
     free(line);
+    free(pixels);
     return status;
 }
