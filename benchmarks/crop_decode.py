@@ -1,14 +1,26 @@
-"""Crop decode vs FFCV's stock RandomResizedCrop decoder: images/s and host peak RSS.
+"""Crop decode vs FFCV's stock RandomResizedCrop decoder vs the decode-only ceiling: images/s, CPU time
+per image, host peak RSS.
 
-One jpg .beton of real-photo crops (scikit-image's bundled photos, short side 384–512 px, stored by FFCV's
-writer at max side 512, JPEG quality 90), MAE's crop distribution (scale 0.2–1, ratio 3/4–4/3), flip,
-uint8 CHW tensors, 2 decode threads. Every measurement runs in a fresh process (so peak RSS is its own): one
-warm-up epoch (numba compiles the pipeline then; not timed), then timed epochs. Stock and crop decode
-alternate, ``--repeats`` times each; the best rate is reported (``ratio`` = crop decode / stock), and the
-median CPU time per image of the whole process (``cpu_ratio`` = stock / crop decode), which other load on
-the machine disturbs much less than wall time. One JSON line per output size.
+ImageNet-like data: one jpg .beton of real-photo crops (scikit-image's bundled photos, rescaled to a long
+side of 400–500 px), stored by FFCV's writer with write_mode jpg, max_resolution 500, JPEG quality 90. MAE's
+crop distribution (scale 0.2–1, ratio 3/4–4/3), flip, uint8 CHW tensors, 2 decode threads. Variants:
 
-    .venv/bin/python benchmarks/crop_decode.py [--sizes 112,160,224] [--repeats 3] [--epochs 4] [--work DIR]
+- ``stock``: FFCV's ``RandomResizedCropRGBImageDecoder`` + ``RandomHorizontalFlip`` (full decode, INTER_AREA);
+- ``full_bicubic`` / ``full_area``: our seeded decoder (``SeededRandomResizedCrop``), full decode;
+- ``crop_bicubic`` / ``crop_area``: the same with ``crop_decode=True``;
+- ``decode_only``: FFCV's full decode (its ``imdecode``, TurboJPEG) of every sample into scratch and no
+  resize: the ceiling for any full-decode pipeline over the same files, same loader and threads.
+
+Every variant runs in a fresh process, which goes through the sizes as a progressive run does (the output
+size changes between epochs, nothing is recompiled): per size one untimed epoch (numba compiles the pipeline
+in the first; later ones warm up the new size), then timed epochs. The variants alternate (rotating which
+goes first), ``--repeats`` processes each; the best rate is reported (other load on the machine only slows a
+run down), and the median CPU time per image of the whole process (all threads), which other load disturbs
+much less than wall time. Peak RSS is per process, over all sizes.
+Ratios: ``X_over_stock`` = images/s of X ÷ stock's; ``X_cpu_gain`` = stock's CPU time per image ÷ X's.
+One JSON line per output size.
+
+    .venv/bin/python benchmarks/crop_decode.py [--sizes 112,160,192,224] [--repeats 2] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -24,26 +36,91 @@ import time
 from pathlib import Path
 
 SCALE, RATIO = (0.2, 1.0), (3 / 4, 4 / 3)
+VARIANTS = ("stock", "full_bicubic", "crop_bicubic", "full_area", "crop_area", "decode_only")
+MAX_SIDE = 500
 
 
-def build_beton(work: Path, per_photo: int, min_side: int, max_side: int) -> Path:
+def imagenet_like(per_photo: int, seed: int = 0):
+    """Real-photo crops rescaled (PIL bicubic) to a long side uniform in 400–500 px, as ImageNet's bulk."""
     import numpy as np
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    from PIL import Image
 
     from mae_trainer.data.demo import demo_samples
 
-    path = work / f"crop_decode_{per_photo}_{min_side}_{max_side}.beton"
+    rng = np.random.default_rng(seed)
+    for image, label in demo_samples(per_photo, 300, 400, seed=seed):
+        scale = int(rng.integers(400, MAX_SIDE + 1)) / max(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        yield np.asarray(image.resize(size, Image.BICUBIC)), label
+
+
+def build_beton(work: Path, per_photo: int) -> Path:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    path = work / f"crop_decode_imagenet_like_{per_photo}.beton"
     if not path.exists():
-        samples = [(np.asarray(image), label) for image, label in demo_samples(per_photo, min_side, max_side)]
         partial = path.with_suffix(".partial")
         fields = {
-            "image": RGBImageField(write_mode="jpg", max_resolution=512, jpeg_quality=90),
+            "image": RGBImageField(write_mode="jpg", max_resolution=MAX_SIDE, jpeg_quality=90),
             "label": IntField(),
         }
+        samples = list(imagenet_like(per_photo))
         DatasetWriter(str(partial), fields, num_workers=2).from_indexed_dataset(samples, chunksize=32)
         partial.rename(path)
     return path
+
+
+def decode_only_decoder(size: int):
+    """An FFCV decoder that fully decodes every JPEG sample (FFCV's own ``imdecode`` call, as its stock
+    decoder makes it) into its scratch buffer and resizes nothing: the output stays as allocated."""
+    import numpy as np
+    from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
+    from ffcv.libffcv import imdecode
+    from ffcv.pipeline.compiler import Compiler
+
+    class DecodeOnly(RandomResizedCropRGBImageDecoder):
+        def generate_code(self):
+            mem_read, my_range = self.memory_read, Compiler.get_iterator()
+            imdecode_c, jpg = Compiler.compile(imdecode), IMAGE_MODES["jpg"]
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, scratch = my_storage
+                for dst_ix in my_range(len(batch_indices)):
+                    field = metadata[batch_indices[dst_ix]]
+                    data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        imdecode_c(
+                            data, scratch[dst_ix], height, width, height, width, 0, 0, 1, 1, False, False
+                        )
+                    destination[dst_ix, 0, 0, 0] = scratch[dst_ix, 0]  # keep the decode observable
+                return destination[: len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    return DecodeOnly((size, size), scale=SCALE, ratio=RATIO)
+
+
+def image_pipeline(variant: str, size: int) -> list:
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import RandomHorizontalFlip
+
+    from mae_trainer.data.augment import SeededRandomResizedCrop
+
+    if variant == "stock":
+        return [
+            RandomResizedCropRGBImageDecoder((size, size), scale=SCALE, ratio=RATIO),
+            RandomHorizontalFlip(),
+        ]
+    if variant == "decode_only":
+        return [decode_only_decoder(size)]
+    decode, interpolation = variant.split("_")
+    crop = SeededRandomResizedCrop(
+        (size, size), scale=SCALE, ratio=RATIO, crop_decode=decode == "crop", interpolation=interpolation
+    )
+    return [crop]
 
 
 def cpu_seconds() -> float:
@@ -52,51 +129,46 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(path: Path, decoder_name: str, size: int, workers: int, batch: int, epochs: int) -> dict:
-    """Runs in the child process: warm-up epoch, then ``epochs`` timed epochs."""
+def measure(path: Path, variant: str, sizes: list[int], workers: int, batch: int, epochs: int) -> dict:
+    """Runs in the child process: for each size (set between epochs, as a progressive run does, without
+    recompiling), one untimed epoch and then ``epochs`` timed epochs. Results per size."""
     from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+    from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
-    from mae_trainer.data.crop_decode import CropDecodeRGBImageDecoder
-
-    decoder_class = (
-        CropDecodeRGBImageDecoder if decoder_name == "crop_decode" else RandomResizedCropRGBImageDecoder
-    )
     pipelines = {
-        "image": [
-            decoder_class((size, size), scale=SCALE, ratio=RATIO),
-            RandomHorizontalFlip(),
-            ToTensor(),
-            ToTorchImage(channels_last=False),
-        ],
+        "image": [*image_pipeline(variant, sizes[0]), ToTensor(), ToTorchImage(channels_last=False)],
         "label": [IntDecoder(), ToTensor(), Squeeze(1)],
     }
     loader = Loader(
         str(path), batch_size=batch, num_workers=workers, order=OrderOption.RANDOM, seed=0,
         drop_last=True, os_cache=True, pipelines=pipelines,
     )  # fmt: skip
-    start = time.perf_counter()
-    for _ in loader:
-        pass
-    first = time.perf_counter() - start
-    images, start, cpu = 0, time.perf_counter(), cpu_seconds()
-    for _ in range(epochs):
-        for batch_images, _labels in loader:
-            images += batch_images.shape[0]
-    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    return {
-        "img_per_s": images / elapsed,
-        "cpu_ms_per_img": cpu / images * 1e3,
-        "first_epoch_s": first,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    results = {}
+    for size in sizes:
+        loader.pipeline_specs["image"].decoder.output_size = (size, size)
+        start = time.perf_counter()
+        for _ in loader:  # the first one compiles the pipeline (numba), later ones warm up the new size
+            pass
+        first = time.perf_counter() - start
+        images, start, cpu = 0, time.perf_counter(), cpu_seconds()
+        for _ in range(epochs):
+            for batch_images, _labels in loader:
+                assert batch_images.shape[-1] == size
+                images += batch_images.shape[0]
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        results[size] = {
+            "img_per_s": images / elapsed,
+            "cpu_ms_per_img": cpu / images * 1e3,
+            "first_epoch_s": first,
+        }
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return results
 
 
-def run_child(args, decoder_name: str, size: int, path: Path) -> dict:
+def run_child(args, variant: str, path: Path) -> dict:
     command = [
-        sys.executable, __file__, "--child", decoder_name, "--beton", str(path), "--sizes", str(size),
+        sys.executable, __file__, "--child", variant, "--beton", str(path), "--sizes", args.sizes,
         "--workers", str(args.workers), "--batch", str(args.batch), "--epochs", str(args.epochs),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -105,62 +177,67 @@ def run_child(args, decoder_name: str, size: int, path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="112,160,224")
+    parser.add_argument("--sizes", default="112,160,192,224")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=4, help="timed epochs per process")
-    parser.add_argument("--repeats", type=int, default=3, help="processes per decoder and size")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per process")
+    parser.add_argument("--repeats", type=int, default=2, help="processes per variant and size")
     parser.add_argument("--per-photo", type=int, default=32, help="images per source photo (16 photos)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mae_trainer_bench")
-    parser.add_argument("--child", choices=["stock", "crop_decode"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--beton", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        result = measure(args.beton, args.child, int(args.sizes), args.workers, args.batch, args.epochs)
+        sizes = [int(size) for size in args.sizes.split(",")]
+        result = measure(args.beton, args.child, sizes, args.workers, args.batch, args.epochs)
         print(json.dumps(result), flush=True)
         return
 
     args.work.mkdir(parents=True, exist_ok=True)
-    path = build_beton(args.work, args.per_photo, 384, 512)
+    path = build_beton(args.work, args.per_photo)
+    variants = args.variants.split(",")
+    processes: dict[str, list[dict]] = {name: [] for name in variants}
+    for repeat in range(args.repeats):
+        # rotate which one goes first, so slow drifts of the machine hit all alike
+        shift = repeat % len(variants)
+        for name in variants[shift:] + variants[:shift]:
+            processes[name].append(run_child(args, name, path))
     for size in map(int, args.sizes.split(",")):
-        runs: dict[str, list[dict]] = {"stock": [], "crop_decode": []}
-        for repeat in range(args.repeats):
-            # alternate which one goes first, so slow drifts of the machine hit both alike
-            order = ("stock", "crop_decode") if repeat % 2 == 0 else ("crop_decode", "stock")
-            for name in order:
-                runs[name].append(run_child(args, name, size, path))
-        # best of the runs: other load on the machine only ever slows a run down
+        runs = {name: [result[str(size)] for result in results] for name, results in processes.items()}
         rate = {name: max(r["img_per_s"] for r in rs) for name, rs in runs.items()}
-        rss = {name: max(r["peak_rss_mib"] for r in rs) for name, rs in runs.items()}
         cpu = {name: statistics.median(r["cpu_ms_per_img"] for r in rs) for name, rs in runs.items()}
-        print(
-            json.dumps(
-                {
-                    "benchmark": "crop_decode",
-                    "resolution": size,
-                    "workers": args.workers,
-                    "batch": args.batch,
-                    "images": 16 * args.per_photo,
-                    "stored_side": "short 384-512, long <= 512 (jpg, q90)",
-                    "crop_decode_img_per_s": round(rate["crop_decode"], 1),
-                    "stock_img_per_s": round(rate["stock"], 1),
-                    "ratio": round(rate["crop_decode"] / rate["stock"], 2),
-                    "crop_decode_cpu_ms_per_img": round(cpu["crop_decode"], 3),
-                    "stock_cpu_ms_per_img": round(cpu["stock"], 3),
-                    "cpu_ratio": round(cpu["stock"] / cpu["crop_decode"], 2),
-                    "crop_decode_runs": [round(r["img_per_s"], 1) for r in runs["crop_decode"]],
-                    "stock_runs": [round(r["img_per_s"], 1) for r in runs["stock"]],
-                    "crop_decode_peak_rss_mib": round(rss["crop_decode"], 1),
-                    "stock_peak_rss_mib": round(rss["stock"], 1),
-                    "first_epoch_s": {
-                        n: round(statistics.median(r["first_epoch_s"] for r in rs), 1)
-                        for n, rs in runs.items()
-                    },
-                }
-            ),
-            flush=True,
-        )
+        line = {
+            "benchmark": "crop_decode",
+            "resolution": size,
+            "workers": args.workers,
+            "batch": args.batch,
+            "images": 16 * args.per_photo,
+            "stored": f"jpg q90, long side 400-{MAX_SIDE}",
+            "img_per_s": {name: round(value, 1) for name, value in rate.items()},
+            "cpu_ms_per_img": {name: round(value, 3) for name, value in cpu.items()},
+        }
+        if "stock" in runs:
+            for name in variants:
+                if name != "stock":
+                    line[f"{name}_over_stock"] = round(rate[name] / rate["stock"], 2)
+                    line[f"{name}_cpu_gain"] = round(cpu["stock"] / cpu[name], 2)
+        for decode in ("full", "crop"):  # what bicubic costs against area
+            if f"{decode}_area" in runs and f"{decode}_bicubic" in runs:
+                line[f"{decode}_bicubic_over_area"] = round(
+                    rate[f"{decode}_bicubic"] / rate[f"{decode}_area"], 2
+                )
+                cpu_ratio = cpu[f"{decode}_area"] / cpu[f"{decode}_bicubic"]
+                line[f"{decode}_bicubic_cpu_gain_over_area"] = round(cpu_ratio, 2)
+        line["runs_img_per_s"] = {name: [round(r["img_per_s"], 1) for r in rs] for name, rs in runs.items()}
+        line["peak_rss_mib_all_sizes"] = {
+            name: round(max(r["peak_rss_mib"] for r in results), 1) for name, results in processes.items()
+        }
+        line["first_epoch_s"] = {
+            name: round(statistics.median(r["first_epoch_s"] for r in rs), 1) for name, rs in runs.items()
+        }
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ to epoch yet are identical for the same run seed — whatever the worker count, 
 from __future__ import annotations
 
 import numpy as np
-from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder, get_random_crop
-from ffcv.libffcv import imdecode, resize_crop
+from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, get_random_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from numba import njit
+
+from .crop_decode.decoder import check_interpolation, compile_sample_decoder
+from .crop_decode.native import REGION_FIELDS
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -58,13 +60,18 @@ class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     flip with probability ``flip_prob``, both drawn reproducibly per sample (see the module docstring).
     ``output_size`` can change between epochs without recompiling, as with the stock decoder.
 
-    ``crop_decode=True`` decodes only the crop of each JPEG sample (:mod:`mae_trainer.data.crop_decode`)."""
+    ``crop_decode=True`` decodes only the crop of each JPEG sample (:mod:`mae_trainer.data.crop_decode`).
+    ``interpolation`` resizes the crop: ``"bicubic"`` (default) as reference MAE's torchvision
+    RandomResizedCrop (PIL's BICUBIC, antialiased when shrinking), ``"area"`` as FFCV (OpenCV's INTER_AREA).
+    Both decodes resample the same crop box, see ``compile_sample_decoder``."""
 
     includes_flip = True  # the loader adds no separate flip stage
 
     def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: int = 0,
-                 flip_prob: float = 0.5, crop_decode: bool = False):  # fmt: skip
+                 flip_prob: float = 0.5, crop_decode: bool = False,
+                 interpolation: str = "bicubic"):  # fmt: skip
         super().__init__(output_size, scale=scale, ratio=ratio)
+        self.interpolation = check_interpolation(interpolation)
         self.seed = seed
         self.flip_prob = flip_prob
         self.crop_decode = crop_decode
@@ -72,36 +79,13 @@ class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     def declare_state_and_memory(self, previous_state):
         state, queries = super().declare_state_and_memory(previous_state)
         if self.crop_decode:  # one int64 region record per sample for the crop decoder
-            from .crop_decode.native import REGION_FIELDS
-
             queries = (*queries, AllocationQuery((REGION_FIELDS,), np.dtype("<i8")))
         return state, queries
-
-    def _decode_sample(self):
-        """Compiled ``decode_sample(data, mode, height, width, i, j, h, w, scratch, region, output)``."""
-        if self.crop_decode:
-            from .crop_decode.decoder import compile_sample_decoder
-
-            return compile_sample_decoder()
-        jpg = IMAGE_MODES["jpg"]
-        imdecode_c = Compiler.compile(imdecode)
-        resize_crop_c = Compiler.compile(resize_crop)
-
-        def decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output):
-            if mode == jpg:
-                imdecode_c(image_data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
-                image = scratch.reshape(-1)[: 3 * height * width].reshape(height, width, 3)
-            else:
-                image = image_data.reshape(height, width, 3)
-            resize_crop_c(image, i, i + h, j, j + w, output)
-            return 0
-
-        return Compiler.compile(decode_sample)
 
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        decode_sample_c = self._decode_sample()
+        decode_sample_c = compile_sample_decoder(self.interpolation, crop=self.crop_decode)
         get_crop_c = Compiler.compile(get_random_crop)
         seed_c, flip_c = sample_seed, flip_in_place  # already compiled (numba needs callees compiled)
         scale, ratio = np.array(self.scale), np.array(self.ratio)

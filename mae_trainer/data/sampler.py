@@ -107,6 +107,7 @@ class ProgressiveLoader:
     RandomResizedCrop (MAE's scale 0.2–1, ratio 3/4–4/3) and horizontal flip, drawn reproducibly from
     ``seed`` (:mod:`mae_trainer.data.augment`), uint8 output; normalisation happens on the device in the
     training step. ``crop_decode`` decodes only the crop of JPEG samples (same crops, seeded the same way).
+    ``interpolation`` resizes the crops: ``"bicubic"`` (reference MAE's PIL bicubic) or ``"area"``.
     ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
     ``output_size`` between epochs.
     """
@@ -124,6 +125,7 @@ class ProgressiveLoader:
         batches_ahead: int = 2,
         decoder=None,
         crop_decode: bool = False,
+        interpolation: str = "bicubic",
     ):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader
@@ -137,8 +139,9 @@ class ProgressiveLoader:
         first = schedule.stage(0)
         if decoder is None:
             decoder = SeededRandomResizedCrop(
-                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed, crop_decode=crop_decode
-            )
+                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed, crop_decode=crop_decode,
+                interpolation=interpolation,
+            )  # fmt: skip
         image_pipeline = [decoder]
         if not getattr(decoder, "includes_flip", False):
             image_pipeline.append(RandomHorizontalFlip())

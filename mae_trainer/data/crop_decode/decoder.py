@@ -19,23 +19,38 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
 
-from .native import REGION_FIELDS, crop_decode, resize_area
+from .native import REGION_FIELDS, crop_decode, resize_area, resize_bicubic
+
+INTERPOLATIONS = ("bicubic", "area")
 
 
-def compile_sample_decoder() -> Callable:
+def check_interpolation(interpolation: str) -> str:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {interpolation!r}")
+    return interpolation
+
+
+def compile_sample_decoder(interpolation: str = "area", crop: bool = True) -> Callable:
     """Compile ``decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output)``: crop
     ``(i, j, h, w)`` of one FFCV image sample resized into ``output`` (HWC uint8). ``scratch`` is the uint8
     buffer FFCV's decoder uses for a full decode, ``region`` an int64[5]. Returns the crop decoder's status
-    (negative: the sample took FFCV's path; raw samples return 0). Usable from other FFCV decoders."""
+    (negative: the sample took FFCV's path; raw samples return 0). Usable from other FFCV decoders.
+
+    ``crop``: decode only the crop of JPEG samples (else FFCV's full decode, TurboJPEG, as its stock
+    decoder). ``interpolation``: ``"area"`` is FFCV's resize (OpenCV INTER_AREA) of the crop, or for a
+    shrinking crop decode our area resampler on the exact (DCT-scaled, fractional) box; ``"bicubic"`` is our
+    bicubic resampler (PIL's BICUBIC, antialiased) on the crop's pixels, the same for both decodes."""
     jpg = IMAGE_MODES["jpg"]
     crop_decode_c = Compiler.compile(crop_decode)
     resize_area_c = Compiler.compile(resize_area)
+    resize_bicubic_c = Compiler.compile(resize_bicubic)
     imdecode_c = Compiler.compile(imdecode)
     resize_crop_c = Compiler.compile(resize_crop)
+    bicubic = check_interpolation(interpolation) == "bicubic"
 
     def decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output):
         status = 0
-        if mode == jpg:
+        if crop and mode == jpg:
             status = crop_decode_c(
                 image_data, height, width, i, j, h, w, output.shape[0], output.shape[1], scratch, region
             )
@@ -43,28 +58,35 @@ def compile_sample_decoder() -> Callable:
                 # The decoded region (rows, cols) starts at scaled pixel (row0, col0) and covers the crop.
                 rows, cols, denominator, row0, col0 = region[0], region[1], region[2], region[3], region[4]
                 decoded = scratch[: rows * cols * 3].reshape(rows, cols, 3)
-                if h < output.shape[0] or w < output.shape[1]:
+                if not bicubic and (h < output.shape[0] or w < output.shape[1]):
                     # Enlarging (never DCT-scaled): FFCV's resize, identical to the stock decoder's output.
                     top, left = i - row0, j - col0
                     resize_crop_c(decoded, top, top + h, left, left + w, output)
                     return status
-                # Shrinking: area-resample the crop box, in scaled pixels when DCT-scaled (fractional
-                # edges then). Same filter as OpenCV's INTER_AREA (within 1 level), twice as fast.
-                resized = resize_area_c(
-                    decoded, i / denominator - row0, j / denominator - col0,
-                    h / denominator, w / denominator, output,
-                )  # fmt: skip
+                # The crop box in scaled pixels when DCT-scaled (fractional edges then). Area: the same
+                # filter as OpenCV's INTER_AREA (within 1 level), twice as fast.
+                y, x = i / denominator - row0, j / denominator - col0
+                scaled_h, scaled_w = h / denominator, w / denominator
+                if bicubic:
+                    resized = resize_bicubic_c(decoded, y, x, scaled_h, scaled_w, output)
+                else:
+                    resized = resize_area_c(decoded, y, x, scaled_h, scaled_w, output)
                 if resized >= 0:
                     return status
                 status = resized
-            # What the crop decoder rejects gets FFCV's full decode (TurboJPEG), as with the stock decoder.
-            # Zeroed first: what neither can decode comes out black, not as a previous sample's leftovers.
-            scratch[: 3 * height * width] = 0
+        if mode == jpg:
+            # FFCV's full decode (TurboJPEG), also for what the crop decoder rejects. Zeroed first then:
+            # what neither can decode comes out black, not as a previous sample's leftovers.
+            if crop:
+                scratch[: 3 * height * width] = 0
             imdecode_c(image_data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
             image = scratch[: 3 * height * width].reshape(height, width, 3)
         else:
             image = image_data.reshape(height, width, 3)
-        resize_crop_c(image, i, i + h, j, j + w, output)
+        if bicubic:
+            resize_bicubic_c(image, i, j, h, w, output)
+        else:
+            resize_crop_c(image, i, i + h, j, j + w, output)
         return status
 
     return Compiler.compile(decode_sample)
@@ -73,11 +95,15 @@ def compile_sample_decoder() -> Callable:
 class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
     """RandomResizedCrop to ``output_size`` (uint8 HWC) that, for JPEG samples, decodes only the crop
     (libjpeg crop/skip scanlines, DCT scaling when the crop is at least twice the output) and then resizes
-    it (OpenCV's INTER_AREA filter, as FFCV). Raw samples, and JPEGs the crop decoder rejects, take FFCV's
-    stock path."""
+    it: by default with OpenCV's INTER_AREA filter, as FFCV; ``interpolation="bicubic"``: PIL's bicubic.
+    Raw samples, and JPEGs the crop decoder rejects, take FFCV's stock path. ``crop_decode=False`` decodes
+    every JPEG fully (FFCV's path, same crops and resampling): the reference crop decode is compared with."""
 
-    def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "area",
+                 crop_decode: bool = True):  # fmt: skip
         super().__init__(output_size, scale=scale, ratio=ratio)
+        self.interpolation = check_interpolation(interpolation)
+        self.crop_decode = crop_decode
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, tuple[AllocationQuery, ...]]:
         # FFCV's queries, read from self.output_size at every epoch's allocation: the output, and scratch
@@ -88,7 +114,7 @@ class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
     def generate_code(self) -> Callable:
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        decode_sample_c = compile_sample_decoder()
+        decode_sample_c = compile_sample_decoder(self.interpolation, crop=self.crop_decode)
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.array(self.scale)
         ratio = np.array(self.ratio)

@@ -55,6 +55,10 @@ ctypes_resize_area.argtypes = [
 ]  # fmt: skip
 ctypes_resize_area.restype = c_int
 
+ctypes_resize_bicubic = _lib.cropjpeg_resize_bicubic
+ctypes_resize_bicubic.argtypes = ctypes_resize_area.argtypes
+ctypes_resize_bicubic.restype = c_int
+
 
 def crop_decode(source, height, width, y, x, h, w, out_h, out_w, scratch, region):
     """Decode crop ``(y, x, h, w)`` of the ``height x width`` JPEG ``source`` (bytes as uint8, to be resized
@@ -70,6 +74,16 @@ def resize_area(source, y, x, h, w, destination):
     """Area-resample the fractional box ``(y, x, h, w)`` of ``source`` (HWC uint8, contiguous) to fill
     ``destination`` (HWC uint8, contiguous). Returns a status code."""
     return ctypes_resize_area(
+        source.ctypes.data, source.shape[0], source.shape[1], y, x, h, w,
+        destination.ctypes.data, destination.shape[0], destination.shape[1],
+    )  # fmt: skip
+
+
+def resize_bicubic(source, y, x, h, w, destination):
+    """Bicubic-resample (PIL's BICUBIC: Keys a = -0.5, antialiased when shrinking) the fractional box
+    ``(y, x, h, w)`` of ``source`` — only the pixels it touches — to fill ``destination`` (both HWC uint8,
+    contiguous). Returns a status code."""
+    return ctypes_resize_bicubic(
         source.ctypes.data, source.shape[0], source.shape[1], y, x, h, w,
         destination.ctypes.data, destination.shape[0], destination.shape[1],
     )  # fmt: skip
