@@ -53,8 +53,16 @@ def pretrain(data: Path, out: Path, seed: int, crop_decode: bool, epochs: int) -
         f"--num-workers 2 --log-every 4 --recon-images 0 --seed {seed} --overwrite"
     ).split()
     subprocess.run(
-        [str(BIN / "mae-trainer"), "pretrain", "--data", str(data), "--output-dir", str(out), *flags,
-         "--crop-decode" if crop_decode else "--no-crop-decode"],  # fmt: skip
+        [
+            str(BIN / "mae-trainer"),
+            "pretrain",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            *flags,
+            "--crop-decode" if crop_decode else "--no-crop-decode",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -328,6 +328,7 @@ def run(args: argparse.Namespace) -> Path:
         seed=args.seed,
         os_cache=not args.no_os_cache,
         crop_decode=args.crop_decode,
+        interpolation=args.interpolation,
         batches_ahead=args.batches_ahead,
     )
     batches = [loader.batches_in_epoch(epoch) for epoch in range(args.epochs)]
