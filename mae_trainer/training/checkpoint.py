@@ -79,7 +79,8 @@ def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: 
     if accelerator.is_main_process:
         try:
             root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(partial, ignore_errors=True)
+            if partial.exists():  # left by a killed run; one that cannot be removed is itself the error
+                shutil.rmtree(partial)
         except OSError as err:
             error = err
     _raise_if_any_rank_failed(accelerator, error, root, partial, step)
