@@ -94,3 +94,48 @@ def small_embedded_beton(folder: Path, limit: int, max_resolution: int) -> Path:
     path = folder / "small.beton"
     write_beton(source, path, WriteSettings(max_resolution=max_resolution, write_mode="jpg", num_workers=1))
     return path
+
+
+def plain_transformers_script(ref: str, work: Path, extra: str = "") -> str:
+    """Source for a process that has only transformers: load ``ref`` (a ``vit_mae`` folder or Hub repo id) as
+    ``ViTMAEForPreTraining``, ``ViTModel`` and ``ViTForImageClassification``, check that the three share the
+    encoder weights, run ``work/inputs.pt`` (``x``, ``noise``) and save loss, logits and features to
+    ``work/plain.pt`` (read back by :func:`assert_plain_outputs_match`). ``extra`` runs after the loads."""
+    return f"""
+import torch
+from transformers import ViTForImageClassification, ViTMAEForPreTraining, ViTModel
+inputs = torch.load({str(work / "inputs.pt")!r})
+mae = ViTMAEForPreTraining.from_pretrained({ref!r}).eval()
+vit = ViTModel.from_pretrained({ref!r}, add_pooling_layer=False).eval()
+clf = ViTForImageClassification.from_pretrained({ref!r}, num_labels=5)
+mae_state, vit_state, clf_state = mae.state_dict(), vit.state_dict(), clf.state_dict()
+for key, value in vit_state.items():
+    assert torch.equal(value, mae_state["vit." + key]), key
+    assert torch.equal(value, clf_state["vit." + key]), key
+{extra}
+with torch.no_grad():
+    out = mae(inputs["x"], noise=inputs["noise"])
+    feats = vit(inputs["x"]).last_hidden_state
+torch.save({{"loss": out.loss, "logits": out.logits, "features": feats}}, {str(work / "plain.pt")!r})
+"""
+
+
+def save_plain_inputs(work: Path, x, noise) -> None:
+    import torch
+
+    torch.save({"x": x, "noise": noise}, work / "inputs.pt")
+
+
+def assert_plain_outputs_match(model, x, noise, work: Path) -> None:
+    """Our ``MAEForPreTraining`` on the same input and noise gives the plain-transformers process's loss and
+    logits (≤ 1e-5) and, through its encoder, its ``ViTModel`` features (≤ 1e-4)."""
+    import torch
+
+    theirs = torch.load(work / "plain.pt")
+    with torch.no_grad():
+        ours = model(x, noise=noise)
+        features = model.mae(x).last_hidden_state
+    logits_gap = (ours.logits - theirs["logits"]).abs().max().item()
+    loss_gap = (ours.loss - theirs["loss"]).abs().item()
+    assert logits_gap <= 1e-5 and loss_gap <= 1e-5, (logits_gap, loss_gap)
+    assert (features - theirs["features"]).abs().max() <= 1e-4

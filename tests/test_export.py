@@ -11,7 +11,12 @@ import torch
 
 from mae_trainer import MAEConfig, MAEForPreTraining
 
-from .conftest import run_cli
+from .conftest import (
+    assert_plain_outputs_match,
+    plain_transformers_script,
+    run_cli,
+    save_plain_inputs,
+)
 
 
 def plain_python(code: str) -> str:
@@ -41,30 +46,9 @@ def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path):
 
     x = torch.randn(2, 3, 224, 224)
     noise = torch.rand(2, 196)
-    torch.save({"x": x, "noise": noise}, tmp_path / "inputs.pt")
-    plain_python(f"""
-import torch
-from transformers import ViTForImageClassification, ViTMAEForPreTraining, ViTModel
-inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-mae = ViTMAEForPreTraining.from_pretrained({str(dst)!r}).eval()
-vit = ViTModel.from_pretrained({str(dst)!r}, add_pooling_layer=False).eval()
-clf = ViTForImageClassification.from_pretrained({str(dst)!r}, num_labels=5)
-mae_state, vit_state, clf_state = mae.state_dict(), vit.state_dict(), clf.state_dict()
-for key, value in vit_state.items():
-    assert torch.equal(value, mae_state["vit." + key]), key
-    assert torch.equal(value, clf_state["vit." + key]), key
-with torch.no_grad():
-    out = mae(inputs["x"], noise=inputs["noise"])
-    feats = vit(inputs["x"]).last_hidden_state
-torch.save({{"loss": out.loss, "logits": out.logits, "features": feats}}, {str(tmp_path / "out.pt")!r})
-""")
-    theirs = torch.load(tmp_path / "out.pt")
-    with torch.no_grad():
-        ours = model(x, noise=noise)
-        features = model.mae(x).last_hidden_state
-    assert (ours.logits - theirs["logits"]).abs().max() <= 1e-5
-    assert (ours.loss - theirs["loss"]).abs() <= 1e-5
-    assert (features - theirs["features"]).abs().max() <= 1e-4
+    save_plain_inputs(tmp_path, x, noise)
+    plain_python(plain_transformers_script(str(dst), tmp_path))
+    assert_plain_outputs_match(model, x, noise, tmp_path)
 
     # and back: the vit_mae folder imports into our model unchanged
     back = tmp_path / "back"

@@ -28,6 +28,7 @@ from mae_trainer.errors import UsageError
 from mae_trainer.hub import TAGS, add_push_arguments, collect_files, push_to_hub, run_push
 from mae_trainer.modeling.convert import to_vit_mae
 
+from .conftest import assert_plain_outputs_match, plain_transformers_script, save_plain_inputs
 from .hub_server import LoopbackHub
 
 TOKEN = "hf_loopback_test_token"
@@ -395,41 +396,26 @@ def test_pushed_repos_load_by_repo_id_in_fresh_processes(model_dir, hub, tmp_pat
     original = MAEForPreTraining.from_pretrained(model_dir).eval()
     x = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 4)
-    torch.save({"x": x, "noise": noise}, tmp_path / "inputs.pt")
+    save_plain_inputs(tmp_path, x, noise)
     first = len(hub.requests)
 
     # vit_mae: plain transformers, no mae_trainer anywhere in the process
-    _fresh(f"""
-import torch
-from transformers import (AutoImageProcessor, AutoModel, ViTForImageClassification, ViTMAEForPreTraining,
-                          ViTModel)
-inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-mae = ViTMAEForPreTraining.from_pretrained("alice/portable").eval()
-vit = ViTModel.from_pretrained("alice/portable", add_pooling_layer=False).eval()
+    also = """
+from transformers import AutoImageProcessor, AutoModel
 auto = AutoModel.from_pretrained("alice/portable")
-clf = ViTForImageClassification.from_pretrained("alice/portable", num_labels=5)
 processor = AutoImageProcessor.from_pretrained("alice/portable")
 assert type(auto).__name__ == "ViTMAEModel" and type(processor).__name__ == "BitImageProcessor"
-mae_state, vit_state = mae.state_dict(), vit.state_dict()
-for other in (auto.state_dict(), clf.state_dict()):
-    prefix = "vit." if any(k.startswith("vit.") for k in other) else ""
-    for key, value in vit_state.items():
-        assert torch.equal(value, other[prefix + key]), key
+auto_state = auto.state_dict()
 for key, value in vit_state.items():
-    assert torch.equal(value, mae_state["vit." + key]), key
-with torch.no_grad():
-    out = mae(inputs["x"], noise=inputs["noise"])
-    feats = vit(inputs["x"]).last_hidden_state
-torch.save({{"loss": out.loss, "logits": out.logits, "features": feats}}, {str(tmp_path / "vit.pt")!r})
-""", hub, tmp_path / "home_plain", without_us=True)  # fmt: skip
-    theirs = torch.load(tmp_path / "vit.pt")
-    with torch.no_grad():
-        ours = original(x, noise=noise)
-        features = original.mae(x).last_hidden_state
-    logits_gap = (ours.logits - theirs["logits"]).abs().max().item()
-    loss_gap = (ours.loss - theirs["loss"]).abs().item()
-    assert logits_gap <= 1e-5 and loss_gap <= 1e-5, (logits_gap, loss_gap)
-    assert (features - theirs["features"]).abs().max() <= 1e-4
+    assert torch.equal(value, auto_state[key]), key
+"""
+    _fresh(
+        plain_transformers_script("alice/portable", tmp_path, also),
+        hub,
+        tmp_path / "home_plain",
+        without_us=True,
+    )
+    assert_plain_outputs_match(original, x, noise, tmp_path)
 
     # the download went through the Hub's endpoints: revision info, HEAD/GET resolve, the CDN redirect
     calls = {
