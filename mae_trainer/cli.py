@@ -171,30 +171,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recipe_path(argv: list[str]) -> Path | None:
+    """The file of ``--recipe FILE`` or ``--recipe=FILE`` in ``argv`` (None without one)."""
+    for index, arg in enumerate(argv):
+        if arg == "--recipe":
+            if index + 1 >= len(argv):
+                raise UsageError("--recipe: expects a YAML file")
+            return Path(argv[index + 1])
+        if arg.startswith("--recipe="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def recipe_value(action: argparse.Action, value):
+    """A recipe file's value for ``action``, converted and checked the way the flag would be."""
+    if value is None:
+        return value
+    if action.nargs == 0:  # on/off flags
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+    elif isinstance(value, (list, dict)):
+        raise ValueError(f"expected one value, not a {'list' if isinstance(value, list) else 'mapping'}")
+    elif action.type is not None:
+        value = action.type(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"choose one of {', '.join(map(str, action.choices))}")
+    return value
+
+
 def apply_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """``pretrain --recipe FILE.yaml``: the file's keys (flag names, ``-`` or ``_``) become defaults that
-    flags on the command line override."""
-    if "pretrain" not in argv or "--recipe" not in argv:
+    """``pretrain --recipe FILE.yaml`` (or ``--recipe=FILE.yaml``): the file's keys (flag names, ``-`` or
+    ``_``) become defaults that flags on the command line override."""
+    if "pretrain" not in argv:
         return
-    index = argv.index("--recipe")
-    if index + 1 >= len(argv):
-        raise UsageError("--recipe: expects a YAML file")
-    path = Path(argv[index + 1])
+    path = recipe_path(argv)
+    if path is None:
+        return
     import yaml
 
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise UsageError(f"--recipe {path}: cannot read ({err})") from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"--recipe {path}: expected a mapping of flag names to values")
     pretrain = parser.pretrain_parser
-    known = {action.dest for action in pretrain._actions}
+    actions = {action.dest: action for action in pretrain._actions}
     settings = {str(k).replace("-", "_"): v for k, v in recipe.items()}
-    unknown = sorted(set(settings) - known)
+    unknown = sorted(set(settings) - set(actions))
     if unknown:
         raise UsageError(f"--recipe {path}: unknown key(s) {', '.join(unknown)}")
     for key, value in settings.items():
-        action = next(a for a in pretrain._actions if a.dest == key)
-        settings[key] = action.type(value) if action.type and value is not None else value
+        try:
+            settings[key] = recipe_value(actions[key], value)
+        except (TypeError, ValueError) as err:
+            raise UsageError(
+                f"--recipe {path}: {key.replace('_', '-')}: {value!r} is not valid ({err})"
+            ) from None
     pretrain.set_defaults(**settings)
 
 
@@ -214,6 +247,13 @@ def lost_peer_message(err: RuntimeError, args: argparse.Namespace) -> str:
     return message
 
 
+def _reports() -> bool:
+    """Under a launcher every rank meets the same refusal: only rank 0 prints it."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -223,10 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.func(args)
     except UsageError as err:
-        print(f"mae-trainer: error: {err}", file=sys.stderr)
+        if _reports():
+            print(f"mae-trainer: error: {err}", file=sys.stderr)
         return 2
-    except TrainingError as err:
-        print(f"mae-trainer: run stopped: {err}", file=sys.stderr)
+    except TrainingError as err:  # agreed by every rank: reported once
+        if _reports():
+            print(f"mae-trainer: run stopped: {err}", file=sys.stderr)
         return 1
     except RuntimeError as err:
         if not is_lost_peer(err):

@@ -139,3 +139,32 @@ def test_truncated_data_and_bad_stages_are_refused_before_any_file(demo_beton, t
     result = pretrain(demo_beton, out, "--progressive", "steps", "--resolution-steps", "0:32:0.5,1:64:1.5")
     assert_one_line_error(result, "--resolution-steps", "epoch 1 (64 px) has mask ratio 1.5")
     assert not out.exists()  # refused before the output directory was made
+
+
+def test_recipe_with_equals_sign_and_bad_recipe_values(demo_beton, tmp_path, out):
+    from mae_trainer.cli import apply_recipe, build_parser
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: tiny\nepochs: 3\ncrop_decode: false\n")
+    parser = build_parser()
+    argv = ["pretrain", f"--recipe={recipe}", "--data", str(demo_beton)]
+    apply_recipe(parser, argv)  # once silently ignored: the run trained the base preset for 800 epochs
+    args = parser.parse_args(argv)
+    assert (args.model, args.epochs, args.crop_decode) == ("tiny", 3, False)
+
+    for text, needles in [
+        ("batch-size: abc\n", ("batch-size: 'abc' is not valid", "invalid literal")),
+        ("epochs: [1, 2]\n", ("epochs: [1, 2] is not valid", "not a list")),
+        (
+            "interpolation: lanczos\n",
+            ("interpolation: 'lanczos' is not valid", "choose one of bicubic, area"),
+        ),
+        ("crop-decode: maybe\n", ("crop-decode: 'maybe' is not valid", "expected true or false")),
+        ("- just\n- a list\n", ("expected a mapping",)),
+    ]:
+        recipe.write_text(text)
+        result = run_cli(
+            "pretrain", f"--recipe={recipe}", "--data", str(demo_beton), "--output-dir", str(out)
+        )
+        assert_one_line_error(result, f"--recipe {recipe}", *needles)
+    assert not out.exists()

@@ -141,4 +141,5 @@ def test_bad_global_batch_fails_before_any_work(small_beton, tmp_path):
     )
     assert result.returncode != 0
     assert "--global-batch-size 20: not divisible by 2 rank(s) × --grad-accum 3 = 6" in result.stderr
+    assert result.stderr.count("mae-trainer: error:") == 1  # rank 0 reports it; rank 1 stays silent
     assert not out.exists()
