@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     res.add_argument(
         "--resolution-steps",
         default=None,
-        help="steps: EPOCH:RES[:MASK],... e.g. 0:160:0.5,300:192:0.66,600:224:0.75",
+        help="steps: EPOCH:RES[:MASK],... e.g. the authors' 0:160:0.5,200:192:0.66,400:224:0.75",
     )
     res.add_argument(
         "--mask-schedule",
