@@ -44,7 +44,8 @@ def layout_problem(reader, file_size: int) -> str | None:
     from ffcv.types import ALLOC_TABLE_TYPE
 
     table_start = int(reader.header["alloc_table_ptr"])
-    metadata_end = reader.metadata.itemsize * int(reader.num_samples)
+    # The metadata follows the header and the field descriptors; the samples' data lies after it.
+    metadata_end = reader.header.itemsize + reader.field_descriptors.nbytes + reader.metadata.nbytes
     if len(reader.metadata) != reader.num_samples or table_start > file_size or table_start < metadata_end:
         return f"{file_size} bytes cannot hold {reader.num_samples} samples and their allocation table"
     if (file_size - table_start) % ALLOC_TABLE_TYPE.itemsize:
@@ -53,15 +54,11 @@ def layout_problem(reader, file_size: int) -> str | None:
     ends = table["ptr"].astype(np.uint64) + table["size"].astype(np.uint64)
     if len(table) and (table["ptr"].min() < metadata_end or ends.max() > table_start):
         return "an allocation lies outside the data region: the file is truncated or overwritten"
-    allocated = np.sort(table["ptr"])
     for name in reader.metadata.dtype.names:  # every variable-size field points at one allocation
         field = reader.metadata[name]
         if field.dtype.names is None or "data_ptr" not in field.dtype.names:
             continue
-        pointers = field["data_ptr"]
-        found = np.searchsorted(allocated, pointers)
-        found = np.minimum(found, max(len(allocated) - 1, 0))
-        missing = np.flatnonzero(allocated[found] != pointers) if len(allocated) else np.arange(len(pointers))
+        missing = np.flatnonzero(~np.isin(field["data_ptr"], table["ptr"]))
         if len(missing):
             return (
                 f"{len(missing)} sample(s) point at data not in the allocation table (first: sample "

@@ -468,9 +468,9 @@ class _WorkerWatch:
 
     def __enter__(self) -> _WorkerWatch:
         self.source._failure_file, self.source._writer_pid = self.failure_file, os.getpid()
+        self.before = set(multiprocessing.active_children())  # not this write's workers
         if not self.active:
             return self
-        self.before = set(multiprocessing.active_children())
         owner = os.getpid()
 
         def on_signal(signum, frame):
