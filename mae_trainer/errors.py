@@ -1,8 +1,14 @@
 """Errors that the CLI reports as one line naming the flag or file, with a non-zero exit."""
 
 
+class InputError(ValueError):
+    """Bad input met by the library (``data/``, ``modeling/``, ``training/``, ``downstream/``): a file that
+    is not what it should be, a value out of range. The message starts with the offending value or file
+    and never names a flag: the CLI prefixes the flag the value came from (``--data x.beton: ...``)."""
+
+
 class UsageError(Exception):
-    """Bad input from the user: a flag value, a missing or unreadable file. The message names it."""
+    """Bad input on the command line (raised by the CLI only): one line naming the flag, exit status 2."""
 
 
 class TrainingError(Exception):

@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import TrainingError, UsageError, is_lost_peer
+from ..errors import TrainingError, UsageError, is_lost_peer
 
 
 def _write_dataset(args: argparse.Namespace) -> None:
-    from .data.write import WriteSettings, check_output, resolve_source, write_beton
+    from ..data.write import WriteSettings, check_output, resolve_source, write_beton
 
     settings = WriteSettings(
         max_resolution=args.max_resolution,
@@ -45,17 +45,17 @@ def _write_dataset(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from .training.pretrain import run
+    from ..training.pretrain import run
 
     run(args)
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from .data.loader import check_beton
-    from .modeling import MAEForPreTraining
-    from .modeling.loading import for_flag
-    from .training.pretrain import fixed_images
-    from .training.visualize import reconstruction_grid, save_png
+    from ..data.loader import check_beton
+    from ..modeling import MAEForPreTraining
+    from ..modeling.loading import for_flag
+    from ..training.pretrain import fixed_images
+    from ..training.visualize import reconstruction_grid, save_png
 
     model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
     check_beton(args.data)
@@ -70,14 +70,14 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .modeling.export import export
+    from ..modeling.export import export
 
     print(export(args.to, args.src, args.dst, overwrite=args.overwrite))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.write import WriteSettings
-    from .training import pretrain
+    from ..data.write import WriteSettings
+    from ..training import pretrain
 
     parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_pretrain)
     parser.pretrain_parser = train  # recipe files set this sub-command's defaults
 
-    from .downstream import finetune, probe
+    from ..downstream import finetune, probe
 
     tune = commands.add_parser(
         "finetune",
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_arguments(prob)
     prob.set_defaults(func=probe.run)
 
-    from . import hub
+    from .. import hub
 
     push = commands.add_parser("push", help="upload a save_pretrained folder to the Hugging Face Hub")
     hub.add_push_arguments(push)
@@ -240,7 +240,7 @@ def lost_peer_message(err: RuntimeError, args: argparse.Namespace) -> str:
     )
     output_dir = getattr(args, "output_dir", None)
     if output_dir is not None:
-        from .training.checkpoint import complete_checkpoints
+        from ..training.checkpoint import complete_checkpoints
 
         found = complete_checkpoints(Path(output_dir) / "checkpoints")
         message += f" (last complete checkpoint: {found[-1]})" if found else " (no checkpoint yet)"
