@@ -1,10 +1,19 @@
 """Errors that the CLI reports as one line naming the flag or file, with a non-zero exit."""
 
+from __future__ import annotations
+
 
 class InputError(ValueError):
     """Bad input met by the library (``data/``, ``modeling/``, ``training/``, ``downstream/``): a file that
     is not what it should be, a value out of range. The message starts with the offending value or file
-    and never names a flag: the CLI prefixes the flag the value came from (``--data x.beton: ...``)."""
+    and never names a flag: the CLI prefixes the flag the value came from (``--data x.beton: ...``).
+
+    ``argument``, when given, names the parameter of the library call that the value came from
+    (``"output"``, ``"endpoint"``): a caller that passed several inputs maps it to its own flag."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
 
 
 class UsageError(Exception):
