@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import TrainingError, UsageError, is_lost_peer
+from ..publish import publish_text
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
@@ -94,9 +95,7 @@ def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
-            tmp_state = partial / (STATE_FILE + ".partial")
-            tmp_state.write_text(json.dumps(state, indent=2))
-            tmp_state.replace(partial / STATE_FILE)
+            publish_text(partial / STATE_FILE, json.dumps(state, indent=2))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(partial, final)

@@ -11,6 +11,7 @@ from torchvision.utils import make_grid
 
 from ..data.loader import normalize, stats_tensor
 from ..modeling import MAEForPreTraining
+from ..publish import publishing
 
 ROWS = ("original", "masked", "reconstruction", "reconstruction + visible")
 
@@ -59,7 +60,6 @@ def reconstruction_grid(
 
 def save_png(picture: np.ndarray, path: Path) -> Path:
     """Write atomically: a reader never sees half a PNG."""
-    partial = path.with_name(f".{path.name}.partial")
-    Image.fromarray(picture).save(partial, format="PNG")
-    partial.replace(path)
+    with publishing(path) as partial:
+        Image.fromarray(picture).save(partial, format="PNG")
     return path
