@@ -139,3 +139,14 @@ def assert_plain_outputs_match(model, x, noise, work: Path) -> None:
     loss_gap = (ours.loss - theirs["loss"]).abs().item()
     assert logits_gap <= 1e-5 and loss_gap <= 1e-5, (logits_gap, loss_gap)
     assert (features - theirs["features"]).abs().max() <= 1e-4
+
+
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``mae_trainer.cli.main(args)`` in this process, as :func:`run_cli` reports it (status, output): much
+    faster than a fresh interpreter; an exception that escapes ``main`` (a traceback) fails the test."""
+    from mae_trainer.cli import main
+
+    capsys.readouterr()
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["mae-trainer", *args], status, out, err)

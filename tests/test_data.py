@@ -11,7 +11,7 @@ from PIL import Image
 
 from mae_trainer.data.loader import check_beton
 from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
-from mae_trainer.errors import UsageError
+from mae_trainer.errors import InputError, UsageError
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,8 +122,9 @@ def test_unreadable_images_are_skipped_and_listed(jpeg_folder, tmp_path):
 def test_existing_output_is_not_overwritten(jpeg_folder, tmp_path):
     out = tmp_path / "keep.beton"
     out.write_bytes(b"precious")
-    with pytest.raises(UsageError, match="already exists"):
+    with pytest.raises(InputError, match=rf"^{out}: already exists") as info:
         write_beton(image_folder_source(jpeg_folder), out, WriteSettings())
+    assert info.value.argument == "output"
     assert out.read_bytes() == b"precious"
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,8 @@ from PIL import Image
 from mae_trainer.data.demo import load_photo
 from mae_trainer.data.write import WriteSettings, image_folder_source, resolve_source, write_beton
 
-from .conftest import BIN, ROOT
+from .conftest import BIN, ROOT, run_cli, run_main
+from .test_cli import assert_one_line_error
 
 
 def read_images(path):
@@ -128,16 +131,51 @@ def test_hf_load_from_disk_source(hf_dataset_dir, jpeg_folder, tmp_path):
 
 
 def test_hf_imagefolder_source_and_column_errors(jpeg_folder, hf_dataset_dir, tmp_path):
-    from mae_trainer.errors import UsageError
+    from mae_trainer.errors import InputError
 
     source = resolve_source(str(jpeg_folder), kind="hf-imagefolder")
     assert len(source) == 12 and source.classes == ["class_0", "class_1"]
-    with pytest.raises(UsageError, match="--image-column 'img'"):
+    with pytest.raises(InputError, match=r"^'img': not a column") as info:
         resolve_source(str(hf_dataset_dir), image_column="img")
-    with pytest.raises(UsageError, match="--split 'test'"):
+    assert info.value.argument == "image_column"
+    with pytest.raises(InputError, match=r"^'test': not a split") as info:
         resolve_source(str(hf_dataset_dir), split="test")
+    assert info.value.argument == "split"
     unlabeled = resolve_source(str(hf_dataset_dir), label_column=None)
     assert set(unlabeled.labels) == {0}
+
+
+def test_write_dataset_refuses_outputs_it_cannot_write(jpeg_folder, tmp_path, capsys):
+    """``--output`` under a file, with a name too long, onto a folder, or in a folder that refuses new files
+    (sysfs refuses them even to root, which passes every permission bit): one line naming ``--output``,
+    exit status 2, before any image is read; nothing is written and nothing there is removed."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("kept")
+    taken = tmp_path / "taken.beton"
+    taken.mkdir()
+    (taken / "inside").write_text("kept too")
+    cases = {
+        blocker / "sub" / "x.beton": f"--output {blocker}/sub: cannot create the folder ({blocker} is a file",
+        blocker / "x.beton": f"--output {blocker}: exists and is not a folder",
+        tmp_path / ("x" * 300) / "x.beton": "cannot create the folder (File name too long)",
+        taken: f"--output {taken}: is a folder",
+    }
+    if os.path.isdir("/sys"):
+        cases[Path("/sys/mae_trainer_test.beton")] = "--output /sys: cannot write in the folder (Permission"
+    for output, words in cases.items():
+        args = ["write-dataset", "--source", str(jpeg_folder), "--output", str(output)]
+        assert_one_line_error(run_main(capsys, *args), words)
+        if output.parent == tmp_path:
+            assert_one_line_error(run_main(capsys, *args, "--overwrite"), words)
+    # and in a process of its own: the one line, no traceback
+    result = run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(blocker / "x.beton"))
+    assert_one_line_error(result, f"--output {blocker}: exists and is not a folder")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "blocker",
+        "taken.beton",
+        "taken.beton/inside",
+    ]
+    assert blocker.read_text() == "kept" and (taken / "inside").read_text() == "kept too"
 
 
 def start_long_write(tmp_path):
@@ -267,7 +305,7 @@ def test_a_failing_writer_worker_ends_the_write_with_a_clear_error(jpeg_folder, 
     message = str(caught.value)
     assert f"writing {out} failed" in message and "img_0.jpg: FileNotFoundError" in message
     assert "nothing was written" in message
-    assert sorted(p.name for p in out.parent.iterdir()) == []  # no output, no hidden partial file
+    assert not out.parent.exists()  # no output, no hidden partial file, not even the folder made for them
     import multiprocessing
 
     assert multiprocessing.active_children() == []  # every writer worker was ended

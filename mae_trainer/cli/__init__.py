@@ -14,25 +14,34 @@ from ..errors import TrainingError, UsageError, is_lost_peer
 
 
 def _write_dataset(args: argparse.Namespace) -> None:
-    from ..data.write import WriteSettings, check_output, resolve_source, write_beton
+    import os
 
-    settings = WriteSettings(
-        max_resolution=args.max_resolution,
-        write_mode=args.write_mode,
-        jpeg_quality=args.jpeg_quality,
-        smart_threshold=args.smart_threshold,
-        num_workers=args.num_workers,
-    )
-    settings.validate()
-    check_output(args.output, args.overwrite)  # before reading any image
+    from ..data.write import WriteSettings, check_output, resolve_source, write_beton
+    from ..errors import InputError
+
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
     if args.fraction is not None and not 0 < args.fraction <= 1:
         raise UsageError(f"--fraction {args.fraction}: must be in (0, 1]")
-    label_column = None if args.label_column.lower() == "none" else args.label_column
-    source = resolve_source(args.source, args.source_type, args.split, args.image_column, label_column)
-    source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
-    summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
+    try:
+        settings = WriteSettings(
+            max_resolution=args.max_resolution,
+            write_mode=args.write_mode,
+            jpeg_quality=args.jpeg_quality,
+            smart_threshold=args.smart_threshold,
+            num_workers=args.num_workers,
+        )
+        settings.validate()
+        check_output(args.output, overwrite=True)  # before reading any image; existing: below
+        if os.path.lexists(args.output) and not args.overwrite:
+            raise UsageError(f"--output {args.output}: already exists (pass --overwrite to replace it)")
+        label_column = None if args.label_column.lower() == "none" else args.label_column
+        source = resolve_source(args.source, args.source_type, args.split, args.image_column, label_column)
+        source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
+        summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
+    except InputError as err:  # the library names the argument; its flag has the same name
+        flag = f"--{err.argument.replace('_', '-')} " if err.argument else ""
+        raise UsageError(f"{flag}{err}") from None
     print(
         f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) in "
         f"{len(summary['classes'])} classes to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import TrainingError, UsageError
+from ..errors import InputError, TrainingError
+from ..publish import check_output_dir, publish_text, publishing
 
 WRITE_MODES = ("smart", "jpg", "raw")
 
@@ -49,14 +50,15 @@ class WriteSettings:
     num_workers: int = 2
 
     def validate(self) -> None:
+        """``InputError`` whose ``argument`` is the field at fault."""
         if self.write_mode not in WRITE_MODES:
-            raise UsageError(f"--write-mode {self.write_mode!r}: choose one of {', '.join(WRITE_MODES)}")
+            raise InputError(f"{self.write_mode!r}: choose one of {', '.join(WRITE_MODES)}", "write_mode")
         if self.max_resolution < 16:
-            raise UsageError(f"--max-resolution {self.max_resolution}: must be at least 16 pixels")
+            raise InputError(f"{self.max_resolution}: must be at least 16 pixels", "max_resolution")
         if not 1 <= self.jpeg_quality <= 100:
-            raise UsageError(f"--jpeg-quality {self.jpeg_quality}: must be between 1 and 100")
+            raise InputError(f"{self.jpeg_quality}: must be between 1 and 100", "jpeg_quality")
         if self.num_workers < 1:
-            raise UsageError(f"--num-workers {self.num_workers}: must be at least 1")
+            raise InputError(f"{self.num_workers}: must be at least 1", "num_workers")
 
 
 MIN_SIDE = 8  # smaller images are skipped: no crop of them is worth training on
@@ -247,10 +249,11 @@ class HFDatasetSource(ImageSource):
         from datasets import ClassLabel
         from datasets import Image as ImageFeature
 
-        for flag, column in (("--image-column", image_column), ("--label-column", label_column)):
+        for argument, column in (("image_column", image_column), ("label_column", label_column)):
             if column is not None and column not in dataset.column_names:
-                raise UsageError(
-                    f"{flag} {column!r}: not a column of {name} (columns: {', '.join(dataset.column_names)})"
+                raise InputError(
+                    f"{column!r}: not a column of {name} (columns: {', '.join(dataset.column_names)})",
+                    argument,
                 )
         if label_column is None:
             classes, labels = [name], [0] * len(dataset)
@@ -275,7 +278,7 @@ class HFDatasetSource(ImageSource):
 def image_folder_source(root: Path) -> FolderSource:
     """An ImageFolder tree (``root/<class>/<image>``; images directly in ``root`` form one class)."""
     if not root.is_dir():
-        raise UsageError(f"--source {root}: no such directory")
+        raise InputError(f"{root}: no such directory", "source")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     groups = [(d.name, d) for d in class_dirs] or [(root.name, root)]
     extensions = set(image_extensions())
@@ -290,9 +293,9 @@ def image_folder_source(root: Path) -> FolderSource:
             else:
                 others.append(path)
     if not paths:
-        raise UsageError(
-            f"--source {root}: no images found (looked for the formats PIL reads: "
-            f"{', '.join(sorted(extensions))})"
+        raise InputError(
+            f"{root}: no images found (looked for the formats PIL reads: {', '.join(sorted(extensions))})",
+            "source",
         )
     source = FolderSource(str(root), [name for name, _ in groups], paths, labels)
     # Never dropped silently: files that are not in a format PIL reads are listed with the skipped images.
@@ -322,17 +325,17 @@ def hf_source(
     import datasets
 
     if not path.exists():
-        raise UsageError(f"--source {path}: no such file or directory")
+        raise InputError(f"{path}: no such file or directory", "source")
     try:
         if kind == "hf-disk":
             loaded = datasets.load_from_disk(str(path))
         else:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except Exception as err:  # datasets raises many types for a wrong folder
-        raise UsageError(f"--source {path}: cannot load as {kind} ({type(err).__name__}: {err})") from None
+        raise InputError(f"{path}: cannot load as {kind} ({type(err).__name__}: {err})", "source") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise UsageError(f"--split {split!r}: not in {path} (splits: {', '.join(loaded)})")
+            raise InputError(f"{split!r}: not a split of {path} (splits: {', '.join(loaded)})", "split")
         loaded = loaded[split]
     return HFDatasetSource(f"{path}:{split}", loaded, image_column, label_column)
 
@@ -360,16 +363,24 @@ def resolve_source(
         return image_folder_source(path)
     if kind in ("hf-disk", "hf-imagefolder"):
         return hf_source(path, kind, split, image_column, label_column)
-    raise UsageError(f"--source-type {kind!r}: choose auto, folder, embedded, hf-disk or hf-imagefolder")
+    raise InputError(f"{kind!r}: choose auto, folder, embedded, hf-disk or hf-imagefolder", "source_type")
 
 
 def check_output(output: Path, overwrite: bool) -> None:
+    """``InputError`` (``argument`` ``"output"``) for an output that cannot or may not be written: not a
+    ``.beton`` name, an existing file without ``overwrite``, a folder that is not one or cannot be written
+    (nothing is created by the check)."""
     if output.suffix != ".beton":
-        raise UsageError(f"--output {output}: the file name must end in .beton")
-    if output.exists() and not overwrite:
-        raise UsageError(f"--output {output}: already exists (pass --overwrite to replace it)")
-    if output.parent.exists() and not output.parent.is_dir():
-        raise UsageError(f"--output {output}: {output.parent} is not a directory")
+        raise InputError(f"{output}: the file name must end in .beton", "output")
+    if os.path.isdir(output):
+        raise InputError(f"{output}: is a folder", "output")
+    if os.path.lexists(output) and not overwrite:
+        raise InputError(f"{output}: already exists (overwrite=True replaces it)", "output")
+    try:
+        check_output_dir(output.parent)
+    except InputError as err:
+        err.argument = "output"
+        raise
 
 
 def write_beton(source: ImageSource, output: Path, settings: WriteSettings, overwrite: bool = False) -> dict:
@@ -382,15 +393,11 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
     source.max_side = settings.max_resolution
     source.drop_unreadable(settings.num_workers)
     if len(source) == 0:
-        raise UsageError(
-            f"--source {source.name}: none of the images can be read "
-            f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})"
+        raise InputError(
+            f"{source.name}: none of the images can be read "
+            f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})",
+            "source",
         )
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--output {output}: cannot create {output.parent} ({err.strerror})") from None
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     fields = {
         "image": RGBImageField(
             write_mode=settings.write_mode,
@@ -403,16 +410,15 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
     start = time.perf_counter()
     writer = None
     try:
-        with _WorkerWatch(source, output, partial) as watch:
+        # the watch ends the workers before the partial file is removed (they could write it again)
+        with publishing(output) as partial, _WorkerWatch(source, output, partial) as watch:
             writer = DatasetWriter(str(partial), fields, num_workers=settings.num_workers)
             writer.from_indexed_dataset(source, chunksize=64)
             watch.finished()
-        os.replace(partial, output)
     except OSError as err:
-        raise UsageError(f"--output {output}: cannot write ({err.strerror}: {err.filename})") from None
+        raise InputError(f"{output}: cannot write ({err.strerror}: {err.filename})", "output") from None
     finally:
         _release_shared_memory(writer)
-        partial.unlink(missing_ok=True)
     summary = {
         "file": output.name,
         "source": source.name,
@@ -425,7 +431,7 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         "seconds": round(time.perf_counter() - start, 2),
     }
     sidecar = output.with_name(output.name + ".json")
-    sidecar.write_text(json.dumps(summary, indent=2) + "\n")
+    publish_text(sidecar, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
