@@ -5,8 +5,8 @@ and the HF ``Trainer``), starting from an mae_trainer model or from its ``vit_ma
         --data path/to/imagefolder --output-dir runs/demo/finetuned --max-steps 200 --batch-size 32
 
 - ``--model``: an mae_trainer ``save_pretrained`` folder (exported here with
-  ``mae_trainer.modeling.export.export("vit_mae", ...)`` into ``<output-dir>/vit_mae``), or a folder
-  already written by ``mae-trainer export --to vit_mae``.
+  ``mae_trainer.modeling.convert.write_vit_mae`` into ``<output-dir>/vit_mae``), or a folder already
+  written by ``mae-trainer export --to vit_mae``.
 - ``--data``: an ImageFolder tree (``class_a/*.jpg``, ``class_b/*.jpg``, ...), read with
   ``datasets.load_dataset("imagefolder", data_dir=...)``. If it has ``train/`` and ``validation/`` (or
   ``test/``) sub-folders those splits are used; otherwise a stratified ``--eval-fraction`` is held out.
@@ -70,10 +70,14 @@ def vit_mae_folder(model_dir: Path, output_dir: Path) -> Path:
         return model_dir
     if model_type != "mae_trainer_mae":
         raise SystemExit(f"--model {model_dir}: model_type {model_type!r} is neither ours nor vit_mae/vit")
-    from mae_trainer.modeling.export import export
+    from mae_trainer import MAEForPreTraining
+    from mae_trainer.modeling.convert import write_vit_mae
+    from mae_trainer.publish import publish_folder
 
     exported = output_dir / "vit_mae"
-    print(export("vit_mae", model_dir, exported, overwrite=True), file=sys.stderr)
+    model = MAEForPreTraining.from_pretrained(model_dir)
+    publish_folder(exported, lambda folder: write_vit_mae(model, folder))  # complete, or the old one kept
+    print(f"exported {model_dir} to {exported} (vit_mae)", file=sys.stderr)
     return exported
 
 

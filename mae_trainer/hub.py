@@ -10,7 +10,7 @@ checked and loaded), then one commit uploads:
   shards) as they are in the folder; loading needs ``import mae_trainer``;
 
 plus, in both, ``reconstruction.png`` when present, a ``preprocessor_config.json`` that makes
-``AutoImageProcessor`` prepare images as our evaluation does (``export.image_processor``) and a model card
+``AutoImageProcessor`` prepare images as our evaluation does (``convert.image_processor``) and a model card
 ``README.md`` built from the config and ``metrics.jsonl``. Nothing else in the folder (``checkpoints/``,
 ``tensorboard/``, ...) is sent.
 
@@ -195,7 +195,7 @@ def _resolution_note(config) -> list[str]:
 
 
 def _loading_section(config, repo_id: str, rev: str, format: str) -> list[str]:
-    from .modeling.export import EVAL_CROP_PCT
+    from .modeling.convert import EVAL_CROP_PCT
 
     short = math.floor(config.image_size / EVAL_CROP_PCT)
     ours = [
@@ -340,8 +340,8 @@ def build_model_card(
 
 
 def image_processor_json(config) -> bytes:
-    """``preprocessor_config.json`` of ``export.image_processor``: our evaluation preprocessing."""
-    from .modeling.export import image_processor
+    """``preprocessor_config.json`` of ``convert.image_processor``: our evaluation preprocessing."""
+    from .modeling.convert import image_processor
 
     with tempfile.TemporaryDirectory() as tmp:
         image_processor(config).save_pretrained(tmp)
@@ -364,7 +364,7 @@ def collect_files(
     missing or truncated ones are refused here); converted weights are written under ``staging``.
     Raises ``UsageError`` naming the folder when it cannot be used."""
     from .modeling import MAEForPreTraining
-    from .modeling.export import write_vit_mae
+    from .modeling.convert import write_vit_mae
     from .modeling.loading import resolve_saved_model
 
     if format not in FORMATS:

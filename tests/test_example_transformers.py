@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mae_trainer import MAEConfig, MAEForPreTraining
-from mae_trainer.modeling.export import export
+from mae_trainer.modeling.convert import write_vit_mae
 from mae_trainer.modeling.modeling_mae import sincos_pos_embed_2d
 
 from .conftest import ROOT
@@ -46,7 +46,7 @@ def test_vit_model_matches_our_encoder(pretrained, tmp_path):
     fixed sin-cos table arrives as ViT's (learnable) position table, and features equal our MAEModel's."""
     src, model = pretrained
     dst = tmp_path / "vit_mae"
-    export("vit_mae", src, dst)
+    write_vit_mae(MAEForPreTraining.from_pretrained(src), dst)
     x = torch.randn(3, 3, SIZE, SIZE)
     torch.save(x, tmp_path / "x.pt")
     plain_python(f"""
@@ -140,7 +140,7 @@ def test_position_table_resampled_for_another_image_size(pretrained, tmp_path):
     example = load_example()
     src, model = pretrained
     dst = tmp_path / "vit_mae"
-    export("vit_mae", src, dst)
+    write_vit_mae(MAEForPreTraining.from_pretrained(src), dst)
     clf = ViTForImageClassification.from_pretrained(dst, num_labels=2).eval()
     before = clf.vit.embeddings.position_embeddings.detach().clone()
     example.resize_position_table(clf, SIZE)  # same size: untouched

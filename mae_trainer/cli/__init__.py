@@ -79,9 +79,9 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ..modeling.export import export
+    from .export import run
 
-    print(export(args.to, args.src, args.dst, overwrite=args.overwrite))
+    run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,15 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     recon.set_defaults(func=_reconstruct)
 
     exp = commands.add_parser("export", help="convert weights for tools that do not install mae_trainer")
-    exp.add_argument(
-        "--to",
-        required=True,
-        choices=["vit_mae", "timm", "mae"],
-        help="vit_mae: transformers folder; timm: safetensors state dict; mae: our format",
-    )
-    exp.add_argument("src", help="saved model: folder or Hub repo id, ours or vit_mae")
-    exp.add_argument("dst", type=Path, help="output folder (vit_mae, mae) or .safetensors file (timm)")
-    exp.add_argument("--overwrite", action="store_true")
+    from . import export
+
+    export.add_arguments(exp)
     exp.set_defaults(func=_export)
     return parser
 

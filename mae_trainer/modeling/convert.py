@@ -5,6 +5,8 @@
   A ``vit_mae`` folder also loads as ``ViTModel`` / ``ViTForImageClassification`` (same ``vit.`` weights).
 - ``timm`` ViT: the encoder as a state dict that ``timm.create_model("vit_<size>_patch<p>_<res>",
   num_classes=0)`` loads with ``strict=True``.
+- a transformers image processor that prepares images as our evaluation does, saved with ``vit_mae``
+  folders (:func:`write_vit_mae`) and Hub uploads.
 
 Our blocks fuse query/key/value into one ``qkv`` projection (timm's layout); transformers keeps three.
 The fixed sin-cos tables are not stored in our state dict (they are recomputed for each grid); exports
@@ -13,6 +15,7 @@ write the table of the native ``image_size`` grid, and imports check that the in
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -39,6 +42,9 @@ _TOP_RENAMES = {
 }
 _STACKS = {"mae.blocks": "vit.layers", "decoder.blocks": "decoder.decoder_layers"}
 POS_TOLERANCE = 1e-5
+# The evaluation resize of mae_trainer.downstream.data.eval_transform (timm's, crop_pct 0.875): the short
+# side to floor(image_size / 0.875) with bicubic resampling, then the centre image_size square.
+EVAL_CROP_PCT = 0.875
 
 
 def vit_mae_config(config: MAEConfig):
@@ -150,6 +156,37 @@ def to_vit_mae(model: MAEForPreTraining):
     if missing or unexpected:
         raise RuntimeError(f"vit_mae conversion mismatch: missing {missing}, unexpected {unexpected}")
     return hf.eval() if not model.training else hf
+
+
+def image_processor(config: MAEConfig):
+    """A transformers image processor that prepares images the way our evaluation does: shortest edge to
+    ``floor(image_size / 0.875)`` (bicubic), centre crop ``image_size``, rescale to 0..1, the model's mean
+    and std. ``BitImageProcessor`` is transformers' processor with exactly these steps (``ViTImageProcessor``
+    has no crop: it squashes the whole image to a square)."""
+    from PIL import Image
+    from transformers import BitImageProcessor
+
+    size = config.image_size
+    return BitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": math.floor(size / EVAL_CROP_PCT)},
+        resample=Image.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        do_convert_rgb=True,
+    )
+
+
+def write_vit_mae(model: MAEForPreTraining, folder: Path) -> None:
+    """``model`` as a transformers ``vit_mae`` folder with its image processor (``save_pretrained`` writes
+    into ``folder`` as it goes: publish it with :func:`mae_trainer.publish.publish_folder`)."""
+    to_vit_mae(model).save_pretrained(folder)
+    image_processor(model.config).save_pretrained(folder)
 
 
 def from_vit_mae(hf_model_or_dir) -> MAEForPreTraining:
