@@ -27,7 +27,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_COMMIT_MESSAGE = "Upload MAE pre-trained with mae_trainer"
@@ -50,7 +50,7 @@ def read_metrics(path: Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
     except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err})") from None
+        raise InputError(f"{path}: cannot read ({err})", "model_dir") from None
     for line in lines:
         try:
             record = json.loads(line)
@@ -362,18 +362,22 @@ def collect_files(
 
     ``model_dir`` is read with the one loader (our folder or a ``vit_mae`` one; the weights are loaded, so
     missing or truncated ones are refused here); converted weights are written under ``staging``.
-    Raises ``UsageError`` naming the folder when it cannot be used."""
+    Raises ``InputError`` (``argument`` ``"model_dir"``) naming the folder when it cannot be used."""
     from .modeling import MAEForPreTraining
     from .modeling.convert import write_vit_mae
     from .modeling.loading import resolve_saved_model
 
     if format not in FORMATS:
-        raise UsageError(f"--format {format!r}: choose {' or '.join(FORMATS)}")
+        raise InputError(f"{format!r}: choose {' or '.join(FORMATS)}", "format")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise UsageError(f"{model_dir}: not a directory (expected a save_pretrained folder)")
-    saved = resolve_saved_model(model_dir)
-    model = MAEForPreTraining.from_pretrained(saved.folder)
+        raise InputError(f"{model_dir}: not a directory (expected a save_pretrained folder)", "model_dir")
+    try:
+        saved = resolve_saved_model(model_dir)
+        model = MAEForPreTraining.from_pretrained(saved.folder)
+    except InputError as err:  # ModelLoadError, naming the folder
+        err.argument = "model_dir"
+        raise
     config = model.config
     if format == "mae_trainer" and saved.is_ours:
         source, weight_files = model_dir, saved.weight_files  # byte for byte what pre-training saved
@@ -410,18 +414,57 @@ def collect_files(
 
 
 def resolve_token(token: str | None) -> str:
-    """``token``, else ``HF_TOKEN``, else the token saved by ``hf auth login``; ``UsageError`` if none."""
+    """``token``, else ``HF_TOKEN``, else the token saved by ``hf auth login``; ``InputError`` (``argument``
+    ``"token"``) if none."""
     token = token or os.environ.get("HF_TOKEN") or None
     if token is None:
         from huggingface_hub import get_token
 
         token = get_token()
     if not token:
-        raise UsageError(
-            "no Hugging Face token: pass --token TOKEN (token= in Python) or set the HF_TOKEN environment "
-            "variable (a write token from https://huggingface.co/settings/tokens)"
+        raise InputError(
+            "no Hugging Face token: none given, no HF_TOKEN environment variable and no saved login "
+            "(hf auth login); a write token comes from https://huggingface.co/settings/tokens",
+            "token",
         )
     return token
+
+
+def check_endpoint(endpoint: str | None) -> str | None:
+    """The Hub URL to talk to: ``endpoint``, else ``HF_ENDPOINT``, else None (the public Hub), without a
+    trailing ``/``. ``InputError`` (``argument`` ``"endpoint"``) starting with the value when it is not an
+    ``http(s)://`` URL with a valid host (and port), before any request."""
+    from urllib.parse import urlsplit
+
+    value = endpoint or os.environ.get("HF_ENDPOINT") or ""
+    url = value.rstrip("/")
+    if not url:
+        return None
+    problem = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number in 0..65535 raises here
+    except ValueError as err:
+        problem = f"not a URL ({err})"
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "not an http:// or https:// URL"
+        elif not parts.hostname:
+            problem = "no host name"
+        elif any(c.isspace() for c in url):
+            problem = "white space in the URL"
+        elif parts.query or parts.fragment:
+            problem = "has a ?query or #fragment"
+        else:
+            try:
+                parts.hostname.rstrip(".").encode("idna")
+            except UnicodeError:
+                problem = f"host name {parts.hostname!r} is not valid"
+    if problem is not None:
+        raise InputError(
+            f"{value!r}: {problem} (expected a Hub URL such as https://huggingface.co)", "endpoint"
+        )
+    return url
 
 
 def push_to_hub(
@@ -443,6 +486,10 @@ def push_to_hub(
     Creates the repo if needed (``private`` only applies to a new repo) and, for a ``revision`` other than
     ``main``, the branch (from ``main``'s head). ``endpoint`` defaults to ``HF_ENDPOINT``, else the
     public Hub.
+
+    Bad input raises ``InputError`` before any request, its ``argument`` naming the parameter at fault
+    (``model_dir``, ``repo_id``, ``token``, ``endpoint``, ``format``); so do an endpoint that cannot be
+    reached and a token the Hub refuses.
     """
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -450,7 +497,9 @@ def push_to_hub(
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise UsageError(f"repo id {repo_id!r}: {err}") from None
+        raise InputError(f"{repo_id!r}: not a repo id ({err})", "repo_id") from None
+    endpoint = check_endpoint(endpoint)
+    token = resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="mae_trainer_push_") as staging:
         files = collect_files(
             Path(model_dir),
@@ -470,16 +519,17 @@ def _commit(files, repo_id, token, private, revision, endpoint, commit_message):
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    token = resolve_token(token)
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
     api = HfApi(endpoint=endpoint, token=token)
     try:
         try:
             repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         except Exception as err:
             # httpx (huggingface_hub >= 1.0) or requests (older): no connection at all is bad input
-            if any(c.__name__ in ("ConnectError", "ConnectionError") for c in type(err).__mro__):
-                raise UsageError(f"endpoint {api.endpoint}: cannot connect ({err})") from None
+            names = {c.__name__ for c in type(err).__mro__}
+            if names & {"ConnectError", "ConnectionError"}:
+                raise InputError(f"{api.endpoint}: cannot connect ({err})", "endpoint") from None
+            if names & {"UnsupportedProtocol", "InvalidURL", "InvalidSchema", "MissingSchema"}:
+                raise InputError(f"{api.endpoint}: not a usable URL ({err})", "endpoint") from None
             raise
         repo_id = repo_url.repo_id or repo_id  # "name" alone lands in the token owner's namespace
         if revision and revision != "main" and not revision.startswith("refs/pr/"):
@@ -495,9 +545,10 @@ def _commit(files, repo_id, token, private, revision, endpoint, commit_message):
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         if status in (401, 403):
-            raise UsageError(
-                f"{api.endpoint}: the Hub refused the token for {repo_id} (HTTP {status}); it needs write "
-                "access (--token or HF_TOKEN)"
+            raise InputError(
+                f"the Hub at {api.endpoint} refused the token for {repo_id} (HTTP {status}): it needs write "
+                "access",
+                "token",
             ) from None
         raise
 
@@ -537,18 +588,30 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_push)
 
 
+def push_flag(err: InputError, args: argparse.Namespace) -> str:
+    """Where the value ``err`` is about came from on the command line, as the prefix of its message."""
+    if err.argument == "endpoint":
+        return "--endpoint " if args.endpoint else "HF_ENDPOINT "
+    if err.argument == "token":  # the message never starts with a secret
+        return "HF_TOKEN: " if not args.token and os.environ.get("HF_TOKEN") else "--token: "
+    return {"model_dir": "DIR ", "repo_id": "REPO ", "format": "--format "}.get(err.argument, "")
+
+
 def run_push(args: argparse.Namespace) -> None:
-    url = push_to_hub(
-        args.model_dir,
-        args.repo_id,
-        token=args.token,
-        private=args.private,
-        revision=args.revision,
-        endpoint=args.endpoint,
-        commit_message=getattr(args, "commit_message", None) or DEFAULT_COMMIT_MESSAGE,
-        license=args.license,
-        datasets=args.datasets,
-        format=getattr(args, "format", DEFAULT_FORMAT),
-    )
+    try:
+        url = push_to_hub(
+            args.model_dir,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            revision=args.revision,
+            endpoint=args.endpoint,
+            commit_message=getattr(args, "commit_message", None) or DEFAULT_COMMIT_MESSAGE,
+            license=args.license,
+            datasets=args.datasets,
+            format=getattr(args, "format", DEFAULT_FORMAT),
+        )
+    except InputError as err:
+        raise UsageError(f"{push_flag(err, args)}{err}") from None
     print(f"pushed {args.model_dir} to {args.repo_id}" + (f" ({args.revision})" if args.revision else ""))
     print(f"commit: {url}")

@@ -24,12 +24,19 @@ import yaml
 from PIL import Image
 
 from mae_trainer import MAEConfig, MAEForPreTraining
-from mae_trainer.errors import UsageError
-from mae_trainer.hub import TAGS, add_push_arguments, collect_files, push_to_hub, run_push
+from mae_trainer.errors import InputError
+from mae_trainer.hub import TAGS, add_push_arguments, check_endpoint, collect_files, push_to_hub, run_push
 from mae_trainer.modeling.convert import to_vit_mae
 
-from .conftest import assert_plain_outputs_match, plain_transformers_script, save_plain_inputs
+from .conftest import (
+    assert_plain_outputs_match,
+    plain_transformers_script,
+    run_cli,
+    run_main,
+    save_plain_inputs,
+)
 from .hub_server import LoopbackHub
+from .test_cli import assert_one_line_error
 
 TOKEN = "hf_loopback_test_token"
 PART = 8 * 2**20  # LFS objects above this go up in parts (the tiny model's weights are ~26 MB: 4 parts)
@@ -270,59 +277,120 @@ def test_cli_push_subcommand(model_dir, hub, monkeypatch, no_saved_token):
     assert cli.main(["push", str(model_dir), "bob/mae", "--endpoint", hub.url]) == 2
 
 
-def test_missing_token_is_a_usage_error(model_dir, hub, no_saved_token):
-    with pytest.raises(UsageError, match=r"--token.*HF_TOKEN"):
+def test_missing_token_is_an_input_error(model_dir, hub, no_saved_token):
+    with pytest.raises(InputError, match=r"^no Hugging Face token: .*HF_TOKEN") as info:
         push_to_hub(model_dir, "alice/mae-tiny", endpoint=hub.url)
+    assert info.value.argument == "token"
     assert hub.requests == []
 
 
-def test_rejected_token_is_a_usage_error(model_dir, hub, no_saved_token):
-    with pytest.raises(UsageError, match=r"refused the token.*401"):
+def test_rejected_token_is_an_input_error(model_dir, hub, no_saved_token):
+    with pytest.raises(InputError, match=r"refused the token.*401"):
         push_to_hub(model_dir, "alice/mae-tiny", token="hf_wrong", endpoint=hub.url)
     assert hub.repos == {}
     assert all(r.authorization == "Bearer hf_wrong" for r in hub.requests)
 
 
-def test_bad_folder_is_a_usage_error(tmp_path, hub, model_dir):
+def test_bad_folder_is_an_input_error(tmp_path, hub, model_dir):
     missing = tmp_path / "nowhere"
-    with pytest.raises(UsageError, match=str(missing)):
+    with pytest.raises(InputError, match=str(missing)):
         push_to_hub(missing, "alice/x", token=TOKEN, endpoint=hub.url)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UsageError, match=rf"{empty}: no config\.json"):
+    with pytest.raises(InputError, match=rf"{empty}: no config\.json") as info:
         push_to_hub(empty, "alice/x", token=TOKEN, endpoint=hub.url)
+    assert info.value.argument == "model_dir"
 
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_bytes((model_dir / "config.json").read_bytes())
-    with pytest.raises(UsageError, match=rf"{no_weights}: no model\.safetensors"):
+    with pytest.raises(InputError, match=rf"{no_weights}: no model\.safetensors"):
         push_to_hub(no_weights, "alice/x", token=TOKEN, endpoint=hub.url)
 
     not_mae = tmp_path / "bert"
     not_mae.mkdir()
     (not_mae / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(UsageError, match=rf"{not_mae}: model_type 'bert' is not a masked autoencoder"):
+    with pytest.raises(InputError, match=rf"{not_mae}: model_type 'bert' is not a masked autoencoder"):
         push_to_hub(not_mae, "alice/x", token=TOKEN, endpoint=hub.url)
 
     truncated = tmp_path / "truncated"
     to_vit_mae(MAEForPreTraining.from_pretrained(model_dir)).save_pretrained(truncated)
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1])
-    with pytest.raises(UsageError, match=rf"{truncated}/model\.safetensors: truncated"):
+    with pytest.raises(InputError, match=rf"{truncated}/model\.safetensors: truncated"):
         push_to_hub(truncated, "alice/x", token=TOKEN, endpoint=hub.url)
 
-    with pytest.raises(UsageError, match="repo id"):
+    with pytest.raises(InputError, match="'alice/bad name!': not a repo id"):
         push_to_hub(model_dir, "alice/bad name!", token=TOKEN, endpoint=hub.url)
     assert hub.requests == []  # bad input fails before any request
 
 
-def test_unreachable_endpoint_is_a_usage_error(model_dir):
+def test_unreachable_endpoint_is_an_input_error(model_dir):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(UsageError, match=f"127.0.0.1:{port}: cannot connect"):
+    with pytest.raises(InputError, match=f"127.0.0.1:{port}: cannot connect"):
         push_to_hub(model_dir, "alice/x", token=TOKEN, endpoint=f"http://127.0.0.1:{port}")
+
+
+MALFORMED_ENDPOINTS = {
+    "notaurl": "not an http:// or https:// URL",
+    "huggingface.co": "not an http:// or https:// URL",
+    "ftp://hub.example": "not an http:// or https:// URL",
+    "http://": "no host name",
+    "http://hub.example:port": "not a URL (Port could not be cast",
+    "http://hub.example:99999": "not a URL (Port out of range",
+    "http://[::1": "not a URL (Invalid IPv6 URL)",
+    "http://hub..example": "host name 'hub..example' is not valid",
+    "http://hub example.org": "white space in the URL",
+    "https://hub.example/?user=1": "has a ?query or #fragment",
+}
+
+
+def test_malformed_endpoints_are_refused_before_any_request(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    for endpoint, words in MALFORMED_ENDPOINTS.items():
+        with pytest.raises(InputError) as info:
+            check_endpoint(endpoint)
+        assert str(info.value).startswith(f"{endpoint!r}: {words}"), str(info.value)
+        assert info.value.argument == "endpoint"
+    assert check_endpoint("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    assert check_endpoint("https://hub.example/mirror") == "https://hub.example/mirror"
+    assert check_endpoint(None) is None
+    monkeypatch.setenv("HF_ENDPOINT", "https://from.env/")
+    assert check_endpoint(None) == "https://from.env"
+
+
+def test_push_command_refuses_bad_input_in_one_line_naming_the_flag(
+    model_dir, tmp_path, capsys, monkeypatch, no_saved_token
+):
+    """Every malformed --endpoint (and HF_ENDPOINT), a missing token, a bad DIR or REPO: one line naming
+    where the value came from, exit status 2, nothing sent and nothing in DIR touched."""
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    before = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
+    push = ["push", str(model_dir), "alice/x", "--token", TOKEN]
+    for endpoint, words in MALFORMED_ENDPOINTS.items():
+        assert_one_line_error(
+            run_main(capsys, *push, "--endpoint", endpoint), f"--endpoint {endpoint!r}: {words}"
+        )
+    monkeypatch.setenv("HF_ENDPOINT", "notaurl")
+    assert_one_line_error(run_main(capsys, *push), "HF_ENDPOINT 'notaurl': not an http:// or https:// URL")
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert_one_line_error(
+        run_main(capsys, "push", str(model_dir), "alice/x"), "--token: no Hugging Face token"
+    )
+    assert_one_line_error(
+        run_main(capsys, "push", str(tmp_path), "alice/x", "--token", TOKEN),
+        f"DIR {tmp_path}: no config.json",
+    )
+    assert_one_line_error(
+        run_main(capsys, *push[:2], "bad name!", "--token", TOKEN), "REPO 'bad name!': not a repo id"
+    )
+    assert {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == before
+    # and in a process of its own: the one line, no traceback
+    result = run_cli(*push, "--endpoint", "notaurl")
+    assert_one_line_error(result, "--endpoint 'notaurl': not an http:// or https:// URL")
 
 
 @pytest.mark.slow

@@ -140,6 +140,37 @@ def test_every_model_command_refuses_bad_folders_and_writes_nothing(
     assert not out.exists()  # nothing was written by any refused command
 
 
+def test_export_and_reconstruct_refuse_truncated_or_missing_weights_and_keep_existing_outputs(
+    folders, tmp_path, demo_beton
+):
+    """A truncated or missing ``model.safetensors``: one line naming the flag and folder, exit status 2, in
+    a process of its own (no traceback); an earlier export and an earlier grid at the output paths keep
+    their bytes, and nothing else appears."""
+    root, _ = folders
+    cases = _broken(root, tmp_path / "cases")
+    out = tmp_path / "out"
+    assert run_cli("export", "--to", "vit_mae", str(root / "ours"), str(out / "exported")).returncode == 0
+    (out / "exported" / "notes.txt").write_text("mine")
+    (out / "grid.png").write_bytes(b"an earlier grid")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for name in ("truncated ours", "no weights ours"):
+        folder, words = cases[name]
+        export = ["export", "--to", "vit_mae", str(folder), str(out / "exported"), "--overwrite"]
+        _assert_one_line_error(run_cli(*export), f"SRC {folder}", words)
+        recon = [
+            "reconstruct",
+            "--model",
+            str(folder),
+            "--data",
+            str(demo_beton),
+            "--output",
+            str(out / "grid.png"),
+        ]
+        _assert_one_line_error(run_cli(*recon), f"--model {folder}", words)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(out.rglob("*")) == sorted([out / "exported", *before])  # no new file, no hidden one
+
+
 def test_reconstruct_and_export_read_vit_mae_folders_as_our_own(folders, tmp_path, demo_beton):
     root, _ = folders
     grids = {}

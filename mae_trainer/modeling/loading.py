@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 OURS = "mae_trainer_mae"
 VIT_MAE = "vit_mae"
@@ -31,8 +31,8 @@ HUB_FILES = ["config.json", "*.safetensors", WEIGHTS_INDEX, "preprocessor_config
 NEW_ON_LOAD = {"MAEForImageClassification": ("head.", "fc_norm.")}
 
 
-class ModelLoadError(UsageError, ValueError):
-    """A saved model that cannot be used; the message is one line naming the folder or repo id."""
+class ModelLoadError(InputError):
+    """A saved model that cannot be used; the message is one line starting with the folder or repo id."""
 
 
 @dataclass
@@ -258,9 +258,10 @@ def load_pretrained(cls, spec, *model_args, **kwargs):
 
 
 def for_flag(flag: str, load, spec, **kwargs):
-    """``load(spec, **kwargs)`` (a ``from_pretrained``) for a command-line flag: a refusal reads
-    ``FLAG SPEC: what is wrong``."""
+    """``load(spec, **kwargs)`` (a ``from_pretrained``) for a command-line flag: a refusal
+    (:class:`ModelLoadError` or another ``InputError``) becomes the ``UsageError`` ``FLAG SPEC: what is
+    wrong``."""
     try:
         return load(spec, **kwargs)
-    except ModelLoadError as err:
+    except InputError as err:
         raise UsageError(f"{flag} {err}") from None
