@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mae_trainer.data.demo import demo_samples
 from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+from mae_trainer.publish import publishing
 
 
 def photo_folder(
@@ -15,13 +16,12 @@ def photo_folder(
     the same pre-resizing the .beton files get. Built once per ``root``."""
     folder = root / f"photos_{per_photo}_{min_side}_{max_side}_{max_resolution}"
     if not folder.exists():
-        partial = folder.with_name(folder.name + ".partial")
-        for i, (image, label) in enumerate(demo_samples(per_photo, min_side, max_side)):
-            scale = min(1.0, max_resolution / max(image.size))
-            image = image.resize((round(image.width * scale), round(image.height * scale)))
-            (partial / f"c{label:02d}").mkdir(parents=True, exist_ok=True)
-            image.save(partial / f"c{label:02d}" / f"{i:05d}.jpg", quality=90)
-        partial.rename(folder)
+        with publishing(folder) as partial:
+            for i, (image, label) in enumerate(demo_samples(per_photo, min_side, max_side)):
+                scale = min(1.0, max_resolution / max(image.size))
+                image = image.resize((round(image.width * scale), round(image.height * scale)))
+                (partial / f"c{label:02d}").mkdir(parents=True, exist_ok=True)
+                image.save(partial / f"c{label:02d}" / f"{i:05d}.jpg", quality=90)
     return folder
 
 

@@ -58,16 +58,17 @@ def build_beton(work: Path, per_photo: int) -> Path:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
+    from mae_trainer.publish import publishing
+
     path = work / f"crop_decode_imagenet_like_{per_photo}.beton"
     if not path.exists():
-        partial = path.with_suffix(".partial")
         fields = {
             "image": RGBImageField(write_mode="jpg", max_resolution=MAX_SIDE, jpeg_quality=90),
             "label": IntField(),
         }
         samples = list(imagenet_like(per_photo))
-        DatasetWriter(str(partial), fields, num_workers=2).from_indexed_dataset(samples, chunksize=32)
-        partial.rename(path)
+        with publishing(path) as partial:
+            DatasetWriter(str(partial), fields, num_workers=2).from_indexed_dataset(samples, chunksize=32)
     return path
 
 
