@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,15 +10,14 @@ import torch
 
 from mae_trainer.data.shapes import SHAPES, TRAIN_PHOTOS, VAL_PHOTOS, ShapeSettings, shape_samples
 from mae_trainer.downstream import probe
-from mae_trainer.errors import UsageError
+from mae_trainer.cli import main, parse_config
+from mae_trainer.config import ProbeConfig
 
 SMALL = ShapeSettings(size=32)
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mae-trainer probe")
-    probe.add_arguments(parser)
-    return parser.parse_args(list(argv))
+def parse(*argv: str) -> ProbeConfig:
+    return parse_config(["probe", *argv])
 
 
 def clusters(
@@ -178,7 +176,7 @@ def unlabelled_beton(path):
         ("unknown-preset", ["--random-init 'giant'", "unknown preset"]),
     ],
 )
-def test_bad_input_names_the_flag(shapes_data, tmp_path, case, needles):
+def test_bad_input_names_the_flag(shapes_data, tmp_path, case, needles, capsys):
     train, val, model = shapes_data / "train.beton", shapes_data / "val.beton", shapes_data / "model"
     argv = {
         "missing-train": ["--model", model, "--train", tmp_path / "nope.beton", "--val", val, "--knn"],
@@ -198,10 +196,11 @@ def test_bad_input_names_the_flag(shapes_data, tmp_path, case, needles):
         "bad-resolution": ["--model", model, "--train", train, "--val", val, "--knn", "--resolution", "40"],
         "unknown-preset": ["--random-init", "giant", "--train", train, "--val", val, "--knn"],
     }[case]
-    with pytest.raises(UsageError) as err:
-        probe.run(parse(*map(str, argv)))
+    assert main(["probe", *map(str, argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mae-trainer: error: ") and err.count("\n") == 1, err
     for needle in needles:
-        assert needle in str(err.value)
+        assert needle in err
 
 
 def test_model_and_random_init_are_mutually_exclusive(shapes_data, capsys):
