@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..training.schedules import scaled_lr, warmup_cosine_lr
 from .data import LabelledImages, eval_transform, open_labelled, train_transform
 from .probe import stratified_split
@@ -99,6 +99,17 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def open_split(args: argparse.Namespace, flag: str, train=None):
+    """:func:`~mae_trainer.downstream.data.open_labelled` for ``--train`` or (with the training split
+    ``train``) ``--val``, whose classes must be the training split's."""
+    path, split = (args.train, args.split) if train is None else (args.val, args.val_split)
+    columns = {"image_column": args.image_column, "label_column": args.label_column}
+    try:
+        return open_labelled(path, split=split, train=train, **columns)
+    except InputError as err:
+        raise UsageError(f"{flag} {err}") from None
+
+
 def load_model(args: argparse.Namespace, classes: list[str]):
     from ..modeling import MAEForImageClassification
     from ..modeling.loading import for_flag
@@ -152,11 +163,11 @@ def run(args: argparse.Namespace) -> dict:
     from ..training.pretrain import check_finite, make_accelerator, save_model
 
     check_arguments(args)
-    source = open_labelled(args.train, "--train", args.split, args.image_column, args.label_column)
+    source = open_split(args, "--train")
     if len(source.classes) < 2:
         raise UsageError(f"--train {args.train}: needs at least 2 classes (found {len(source.classes)})")
     if args.val is not None:
-        val_source = open_labelled(args.val, "--val", args.val_split, args.image_column, args.label_column)
+        val_source = open_split(args, "--val", source)
         train_idx, val_idx = list(range(len(source))), list(range(len(val_source)))
     else:
         val_source = source
