@@ -37,6 +37,16 @@ def check(config: FinetuneConfig) -> None:
         )
 
 
+def open_split(config: FinetuneConfig, key: str, train=None):
+    """:func:`~mae_trainer.downstream.data.open_labelled` for ``train`` or (with the training split
+    ``train``) ``val``, whose classes must be the training split's."""
+    path, split = (config.train, config.split) if train is None else (config.val, config.val_split)
+    with about(key):
+        return open_labelled(
+            path, split=split, train=train, image_column=config.image_column, label_column=config.label_column
+        )
+
+
 def load_model(config: FinetuneConfig, classes: list[str]):
     from ..modeling import MAEForImageClassification
 
@@ -89,17 +99,11 @@ def run(config: FinetuneConfig) -> dict:
 
     check(config)
     batch_size = config.per_rank_batch(world_size())
-    with about("train"):
-        source = open_labelled(
-            config.train, "--train", config.split, config.image_column, config.label_column
-        )
+    source = open_split(config, "train")
     if len(source.classes) < 2:
         raise ConfigError("train", config.train, f"needs at least 2 classes (found {len(source.classes)})")
     if config.val is not None:
-        with about("val"):
-            val_source = open_labelled(
-                config.val, "--val", config.val_split, config.image_column, config.label_column
-            )
+        val_source = open_split(config, "val", source)
         train_idx, val_idx = list(range(len(source))), list(range(len(val_source)))
     else:
         val_source = source

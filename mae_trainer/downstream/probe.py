@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ProbeConfig, about
-from ..errors import UsageError
+from .data import centre_crop_batches, open_labelled
 
 POOLS = ("cls", "avg")
 
@@ -163,6 +163,7 @@ def linear_probe_top1(
 def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train_indices, val_indices)``: a seeded ``fraction`` of every class held out (at least one sample
     of each class with two or more, never all of a class), each side in ascending order."""
+    labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     held = []
     for label in np.unique(labels):
@@ -179,87 +180,14 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tupl
 # ---------------------------------------------------------------------------------------------- data
 
 
-class LabelledData:
-    """A labelled split: a ``.beton`` with a ``label`` field or an ImageFolder directory. The labels and
-    class names are read up front (no image decoded), so bad input fails before any forward pass."""
-
-    def __init__(self, path: Path, flag: str):
-        self.path, self.flag = path, flag
-        if not path.exists():
-            raise UsageError(f"{flag} {path}: no such file or directory")
-        self.is_folder = path.is_dir()
-        if self.is_folder:
-            self._init_folder()
-        else:
-            self._init_beton()
-        if len(np.unique(self.labels)) < 2 and flag == "--train":
-            raise UsageError(f"{flag} {path}: every sample has the same label (a probe needs 2+ classes)")
-
-    def _init_beton(self) -> None:
-        from ffcv.reader import Reader
-
-        from ..data.loader import check_beton
-        from ..data.write import read_summary
-
-        check_beton(self.path, self.flag)
-        reader = Reader(str(self.path))
-        if "label" not in reader.field_names:
-            raise UsageError(
-                f"{self.flag} {self.path}: has no 'label' field (fields: {', '.join(reader.field_names)}); "
-                "write it with labels (mae-trainer write-dataset --label-column ...)"
-            )
-        column = f"f{reader.field_names.index('label')}"
-        self.labels = np.array(reader.metadata[column], dtype=np.int64)  # a writable copy
-        summary = read_summary(self.path) or {}
-        self.classes = summary.get("classes")
-
-    def _init_folder(self) -> None:
-        from ..data.write import image_folder_source
-
-        try:
-            source = image_folder_source(self.path)
-        except UsageError as err:
-            raise UsageError(str(err).replace("--source", self.flag, 1)) from None
-        if not any(p.is_dir() for p in self.path.iterdir()):
-            raise UsageError(
-                f"{self.flag} {self.path}: no class sub-directories (expected DIR/<class>/<image>)"
-            )
-        self.source = source
-        self.labels = np.asarray(source.labels, dtype=np.int64)
-        self.classes = source.classes
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self, resolution: int, batch_size: int, num_workers: int, crop_ratio: float) -> Iterable:
-        """``(uint8 images (B, 3, R, R), labels)`` in file order: the centre ``crop_ratio`` of the short
-        side, resized to ``resolution`` (FFCV's centre-crop decoder for .beton; the torchvision equivalent
-        for folders)."""
-        if not self.is_folder:
-            from ..data.loader import eval_loader
-
-            return eval_loader(  # FFCV decodes in threads: at least one
-                self.path, batch_size, resolution, num_workers=max(1, num_workers), crop_ratio=crop_ratio
-            )
-        from torchvision.transforms import v2
-
-        transform = v2.Compose(
-            [
-                v2.PILToTensor(),
-                v2.Resize(max(resolution, round(resolution / crop_ratio)), antialias=True),
-                v2.CenterCrop(resolution),
-            ]
-        )
-        source = self.source
-
-        class Folder(torch.utils.data.Dataset):
-            def __len__(self) -> int:
-                return len(source.labels)
-
-            def __getitem__(self, index: int):
-                return transform(source.open(index).convert("RGB")), source.labels[index]
-
-        return torch.utils.data.DataLoader(Folder(), batch_size=batch_size, num_workers=num_workers)
+def open_split(path: Path, key: str, train=None):
+    """:func:`~mae_trainer.downstream.data.open_labelled` for the config field ``key``; the training
+    split (``train`` None) needs two labels or more."""
+    with about(key):
+        source = open_labelled(path, train=train)
+    if train is None and len(set(source.labels)) < 2:
+        raise ConfigError(key, path, "every sample has the same label (a probe needs 2+ classes)")
+    return source
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -284,10 +212,8 @@ def load_encoder(config: ProbeConfig):
 
 def run(config: ProbeConfig) -> dict:
     """Probe the encoder, print one JSON line per probe and return ``{probe name: result}``."""
-    train = LabelledData(config.train, "--train")
-    val = LabelledData(config.val, "--val") if config.val is not None else None
-    if val is not None and train.classes and val.classes and list(train.classes) != list(val.classes):
-        raise ConfigError("val", config.val, f"classes {val.classes} differ from --train's {train.classes}")
+    train = open_split(config.train, "train")
+    val = open_split(config.val, "val", train) if config.val is not None else None
     if val is None:
         train_index, val_index = stratified_split(train.labels, config.val_fraction, config.seed)
         if len(val_index) == 0:
@@ -307,12 +233,12 @@ def run(config: ProbeConfig) -> dict:
 
     start = time.perf_counter()
     loading = (resolution, config.extract_batch_size, config.num_workers, config.crop_ratio)
-    train_f, train_y = extract_features(encoder, train.batches(*loading), config.pool, device)
+    train_f, train_y = extract_features(encoder, centre_crop_batches(train, *loading), config.pool, device)
     if val is None:
         val_f, val_y = train_f[val_index], train_y[val_index]
         train_f, train_y = train_f[train_index], train_y[train_index]
     else:
-        val_f, val_y = extract_features(encoder, val.batches(*loading), config.pool, device)
+        val_f, val_y = extract_features(encoder, centre_crop_batches(val, *loading), config.pool, device)
     extract_seconds = time.perf_counter() - start
 
     common = {

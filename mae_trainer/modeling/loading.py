@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 OURS = "mae_trainer_mae"
 VIT_MAE = "vit_mae"
@@ -31,7 +31,7 @@ HUB_FILES = ["config.json", "*.safetensors", WEIGHTS_INDEX, "preprocessor_config
 NEW_ON_LOAD = {"MAEForImageClassification": ("head.", "fc_norm.")}
 
 
-class ModelLoadError(UsageError, ValueError):
+class ModelLoadError(InputError):
     """A saved model that cannot be used; the message is one line naming the folder or repo id."""
 
 
