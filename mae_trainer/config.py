@@ -88,6 +88,11 @@ def fraction(value) -> str | None:
     return None if value is None or 0 < value < 1 else "must be between 0 and 1"
 
 
+def existing(value) -> str | None:
+    """An input path: it must exist (what it holds is checked by the code that reads it)."""
+    return None if value is None or Path(value).exists() else "no such file or directory"
+
+
 def in_unit_interval(value) -> str | None:
     return None if 0 <= value < 1 else "must lie in [0, 1)"
 
@@ -246,7 +251,9 @@ class PretrainConfig(TrainingConfig):
 
     command: ClassVar[str] = "pretrain"
 
-    data: Path | None = option(None, "training .beton (mae-trainer write-dataset)", group="data")
+    data: Path | None = option(
+        None, "training .beton (mae-trainer write-dataset)", check=existing, group="data"
+    )
     crop_decode: bool = option(
         True,
         "decode only the crop region of JPEG samples (libjpeg crop/skip + DCT scaling), as DailyMAE does; "
@@ -325,7 +332,10 @@ class PretrainConfig(TrainingConfig):
         group="run",
     )
     recon_data: Path | None = option(
-        None, "held-out .beton for the reconstruction grids (default: images spread over --data)", group="run"
+        None,
+        "held-out .beton for the reconstruction grids (default: images spread over --data)",
+        check=existing,
+        group="run",
     )
     push_to_hub: str | None = option(None, "upload the final model to this repo", metavar="REPO", group="hub")
     hub_token: str | None = option(
@@ -380,8 +390,10 @@ class FinetuneConfig(TrainingConfig):
     output_dir: Path = Path("runs/finetune")
 
     model: str | None = option(None, "pre-trained MAE: folder or Hub id, ours or vit_mae", group="data")
-    train: Path | None = option(None, "labelled .beton, ImageFolder or HF dataset", group="data")
-    val: Path | None = option(None, "held-out split (same kinds as --train)", group="data")
+    train: Path | None = option(
+        None, "labelled .beton, ImageFolder or HF dataset", check=existing, group="data"
+    )
+    val: Path | None = option(None, "held-out split (same kinds as --train)", check=existing, group="data")
     val_fraction: float = option(
         0.1,
         "without --val: hold out this fraction of --train per class (seeded by --seed)",
@@ -438,10 +450,12 @@ class ProbeConfig(RunConfig):
     )  # fmt: skip
     image_size: int = option(224, "--random-init: the config's image_size", check=positive, group="encoder")
     train: Path | None = option(
-        None, "training split: .beton with labels or DIR", metavar="DATA", group="data"
+        None, "training split: .beton with labels or DIR", check=existing, metavar="DATA", group="data"
     )
-    val: Path | None = option(None, "held-out split: .beton with labels or DIR", metavar="DATA", group="data",
-                            exclusive="held-out")  # fmt: skip
+    val: Path | None = option(
+        None, "held-out split: .beton with labels or DIR", check=existing, metavar="DATA", group="data",
+        exclusive="held-out",
+    )  # fmt: skip
     val_fraction: float | None = option(
         None, "hold out this fraction of --train instead (seeded by --seed, stratified by class)",
         check=fraction, metavar="F", group="data", exclusive="held-out",

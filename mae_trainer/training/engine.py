@@ -119,7 +119,7 @@ class Engine:
         self.total_steps = total_steps
         scalars = {k: str(v) if isinstance(v, Path) else v for k, v in hparams.items()}
         scalars = {k: v for k, v in scalars.items() if isinstance(v, (int, float, str, bool))}
-        self.accelerator.init_trackers(self.name, config=scalars)
+        self.accelerator.init_trackers("tensorboard", config=scalars)  # OUTPUT/tensorboard/
         if self.is_main and fresh:
             self.metrics_file.write_text("")
         from tqdm.auto import tqdm
