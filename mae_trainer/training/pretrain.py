@@ -20,7 +20,7 @@ import torch
 
 from ..data.loader import check_beton, normalize, stats_tensor
 from ..data.sampler import ProgressiveLoader
-from ..data.schedules import ResolutionSchedule, parse_steps
+from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
 from ..errors import TrainingError, UsageError
 from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
 from .checkpoint import (
@@ -248,25 +248,40 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
     return config
 
 
+# The flag each ResolutionSchedule argument comes from (ScheduleError.argument).
+SCHEDULE_FLAGS = {
+    "kind": "--progressive",
+    "steps": "--resolution-steps",
+    "multiple": "--resolution-multiple",
+    "resolution": "--resolution",
+    "start_resolution": "--start-resolution",
+    "mask_ratio": "--mask-ratio",
+    "constant_visible": "--mask-schedule constant-visible:",
+}
+
+
 def make_schedule(args: argparse.Namespace, patch: int) -> ResolutionSchedule:
     if args.progressive == "linear" and not args.ramp_start_epoch <= args.ramp_end_epoch <= args.epochs:
         raise UsageError(
             f"--ramp-end-epoch {args.ramp_end_epoch}: must lie in [--ramp-start-epoch, --epochs]"
         )
-    return ResolutionSchedule(
-        kind=args.progressive,
-        resolution=args.resolution,
-        mask_ratio=args.mask_ratio,
-        batch_size=args.batch_size,
-        patch_size=patch,
-        start_resolution=args.start_resolution,
-        start_epoch=args.ramp_start_epoch,
-        end_epoch=args.ramp_end_epoch,
-        multiple=args.resolution_multiple,
-        steps=parse_steps(args.resolution_steps) if args.resolution_steps else [],
-        constant_visible=args.mask_schedule == "constant-visible",
-        scale_batch=args.scale_batch_with_resolution,
-    )
+    try:
+        return ResolutionSchedule(
+            kind=args.progressive,
+            resolution=args.resolution,
+            mask_ratio=args.mask_ratio,
+            batch_size=args.batch_size,
+            patch_size=patch,
+            start_resolution=args.start_resolution,
+            start_epoch=args.ramp_start_epoch,
+            end_epoch=args.ramp_end_epoch,
+            multiple=args.resolution_multiple,
+            steps=parse_steps(args.resolution_steps) if args.resolution_steps else [],
+            constant_visible=args.mask_schedule == "constant-visible",
+            scale_batch=args.scale_batch_with_resolution,
+        )
+    except ScheduleError as err:
+        raise UsageError(f"{SCHEDULE_FLAGS[err.argument]} {err}") from None
 
 
 def make_accelerator(args: argparse.Namespace):
