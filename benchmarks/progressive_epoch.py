@@ -19,7 +19,7 @@ import torch
 from _photos import beton, photo_folder
 
 from mae_trainer import MAEConfig, MAEForPreTraining
-from mae_trainer.data.loader import normalize, stats_tensor
+from mae_trainer.data.normalize import normalize, stats_tensor
 from mae_trainer.data.sampler import ProgressiveLoader
 from mae_trainer.data.schedules import ResolutionSchedule, constant_visible_mask_ratio
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import TrainingError, UsageError, is_lost_peer
+from ..errors import InputError, TrainingError, UsageError, is_lost_peer
 
 
 def _write_dataset(args: argparse.Namespace) -> None:
@@ -51,14 +51,17 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from ..data.loader import check_beton
+    from ..data.beton import check_beton
     from ..modeling import MAEForPreTraining
     from ..modeling.loading import for_flag
     from ..training.pretrain import fixed_images
     from ..training.visualize import reconstruction_grid, save_png
 
     model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
-    check_beton(args.data)
+    try:
+        check_beton(args.data)
+    except InputError as err:
+        raise UsageError(f"--data {err}") from None
     resolution = args.resolution or model.config.image_size
     if resolution % model.config.patch_size:
         raise UsageError(

@@ -15,6 +15,9 @@ from numba import njit
 
 from .crop_decode.decoder import CropDecodeRGBImageDecoder
 
+RRC_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop scale
+RRC_RATIO = (3 / 4, 4 / 3)
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)

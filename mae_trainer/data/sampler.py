@@ -131,8 +131,7 @@ class ProgressiveLoader:
         from ffcv.loader import Loader
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-        from .augment import SeededRandomResizedCrop
-        from .loader import RRC_RATIO, RRC_SCALE
+        from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
 
         self.schedule = schedule
         self.sampler = ProgressiveSampler(schedule, seed=seed, rank=rank, world_size=world_size)

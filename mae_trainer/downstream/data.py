@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from ..data.write import ImageSource, hf_source, image_folder_source, to_rgb
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # the reference MAE fine-tune's RandAugment policy
 
@@ -27,10 +27,13 @@ class BetonSource(ImageSource):
     def __init__(self, path: Path, flag: str):
         from ffcv.reader import Reader
 
-        from ..data.loader import check_beton
+        from ..data.beton import check_beton
         from ..data.write import read_summary
 
-        check_beton(path, flag)
+        try:
+            check_beton(path)
+        except InputError as err:
+            raise UsageError(f"{flag} {err}") from None
         reader = Reader(str(path))
         if "label" not in reader.handlers:
             raise UsageError(f"{flag} {path}: has no 'label' field (write it from a labelled source)")

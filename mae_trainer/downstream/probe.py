@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 POOLS = ("cls", "avg")
 
@@ -102,7 +102,7 @@ def extract_features(
     ``images`` are ``(B, 3, H, W)``: uint8 ones are normalised with the encoder config's mean and std
     (what the FFCV loaders yield), float ones are taken as already normalised.
     """
-    from ..data.loader import normalize, stats_tensor
+    from ..data.normalize import normalize, stats_tensor
 
     if pool not in POOLS:
         raise ValueError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
@@ -246,10 +246,13 @@ class LabelledData:
     def _init_beton(self) -> None:
         from ffcv.reader import Reader
 
-        from ..data.loader import check_beton
+        from ..data.beton import check_beton
         from ..data.write import read_summary
 
-        check_beton(self.path, self.flag)
+        try:
+            check_beton(self.path)
+        except InputError as err:
+            raise UsageError(f"{self.flag} {err}") from None
         reader = Reader(str(self.path))
         if "label" not in reader.field_names:
             raise UsageError(
@@ -284,7 +287,7 @@ class LabelledData:
         side, resized to ``resolution`` (FFCV's centre-crop decoder for .beton; the torchvision equivalent
         for folders)."""
         if not self.is_folder:
-            from ..data.loader import eval_loader
+            from ..data.eval_loader import eval_loader
 
             return eval_loader(  # FFCV decodes in threads: at least one
                 self.path, batch_size, resolution, num_workers=max(1, num_workers), crop_ratio=crop_ratio

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.loader import check_beton, normalize, stats_tensor
+from ..data.beton import check_beton
+from ..data.normalize import normalize, stats_tensor
 from ..data.sampler import ProgressiveLoader
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
-from ..errors import TrainingError, UsageError
+from ..errors import InputError, TrainingError, UsageError
 from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
 from .checkpoint import (
     check_compatible,
@@ -209,9 +210,15 @@ def check_arguments(args: argparse.Namespace) -> MAEConfig:
     if args.batches_ahead < 1:
         raise UsageError(f"--batches-ahead {args.batches_ahead}: must be at least 1")
     args.schedule = make_schedule(args, patch)
-    check_beton(args.data)
+    try:
+        check_beton(args.data)
+    except InputError as err:
+        raise UsageError(f"--data {err}") from None
     if args.recon_data is not None:
-        check_beton(args.recon_data, "--recon-data")
+        try:
+            check_beton(args.recon_data)
+        except InputError as err:
+            raise UsageError(f"--recon-data {err}") from None
     config = MAEConfig.from_preset(
         args.model,
         image_size=args.resolution,
@@ -568,7 +575,7 @@ def save_model(
 def fixed_images(data: Path, resolution: int, count: int) -> torch.Tensor:
     """``count`` images spread evenly over ``data`` (so across classes), centre-cropped: the same ones in
     every reconstruction grid of a run, so the grids show progress."""
-    from ..data.loader import eval_loader
+    from ..data.eval_loader import eval_loader
 
     total = check_beton(data)
     spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
