@@ -20,8 +20,8 @@ import torch
 
 from ..data.beton import check_beton
 from ..data.normalize import normalize, stats_tensor
-from ..data.sampler import ProgressiveLoader
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
+from ..data.train_loader import ProgressiveLoader
 from ..errors import InputError, TrainingError, UsageError
 from ..modeling import PRESETS, MAEConfig, MAEForPreTraining
 from .checkpoint import (
