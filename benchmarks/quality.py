@@ -43,7 +43,7 @@ import torch
 
 from mae_trainer import MAEForPreTraining
 from mae_trainer.cli import parse_config
-from mae_trainer.data.loader import normalize, stats_tensor
+from mae_trainer.data.normalize import normalize, stats_tensor
 from mae_trainer.data.shapes import ShapeSettings, photo_crops, write_shapes_beton
 from mae_trainer.downstream import probe
 

@@ -353,12 +353,10 @@ class PretrainConfig(TrainingConfig):
             raise ConfigError(
                 "model", repr(self.model), f"unknown preset; choose one of {', '.join(_preset_names())}"
             )
-        if self.resolution % self.patch_size:
-            raise ConfigError(
-                "resolution",
-                self.resolution,
-                f"must be a positive multiple of the patch size {self.patch_size}",
-            )
+        from .data.schedules import check_side
+
+        with about("resolution"):
+            check_side(self.resolution, self.patch_size)
         if self.num_workers < 1:
             raise ConfigError("num_workers", self.num_workers, "must be at least 1 (FFCV decode threads)")
         if self.progressive == "linear" and not (self.ramp_start_epoch <= self.ramp_end_epoch <= self.epochs):

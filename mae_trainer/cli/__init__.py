@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..errors import InputError, TrainingError, UsageError, is_lost_peer
-from .flags import build_config, usage_message
+from .flags import build_config, flagged, usage_message
 
 
 def _write_dataset(args: argparse.Namespace) -> None:
@@ -65,19 +65,19 @@ def _probe(config) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from ..data.loader import check_beton
+    from ..data.beton import check_beton
+    from ..data.schedules import check_side
     from ..modeling import MAEForPreTraining
     from ..modeling.loading import for_flag
     from ..training.pretrain import fixed_images
     from ..training.visualize import reconstruction_grid, save_png
 
     model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
-    check_beton(args.data)
+    with flagged("--data"):
+        check_beton(args.data)
     resolution = args.resolution or model.config.image_size
-    if resolution % model.config.patch_size:
-        raise UsageError(
-            f"--resolution {resolution}: not a multiple of the patch size {model.config.patch_size}"
-        )
+    with flagged("--resolution"):
+        check_side(resolution, model.config.patch_size)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_png(reconstruction_grid(model, fixed_images(args.data, resolution, args.count)), args.output)
     print(f"reconstruction grid: {args.output}")

@@ -9,11 +9,12 @@ holds exactly what the user typed and the config is built once from ``{**recipe,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 GROUP_TITLES = {
     "data": "data",
@@ -106,3 +107,13 @@ def build_config(config: type[RunConfig], args: argparse.Namespace) -> RunConfig
 def usage_message(err: ConfigError) -> str:
     """A config fault as the user typed it: ``--mask-ratio 1.5: must be between 0 and 1``."""
     return flag(err.key) + err.detail
+
+
+@contextlib.contextmanager
+def flagged(name: str):
+    """For the commands without a run config: inside this block, the library's :class:`InputError` (whose
+    message starts with the value) is a usage error of flag ``name``."""
+    try:
+        yield
+    except InputError as err:
+        raise UsageError(f"{name} {err}") from None

@@ -36,13 +36,10 @@ class BetonSource(ImageSource):
     def __init__(self, path: Path):
         from ffcv.reader import Reader
 
-        from ..data.loader import check_beton
+        from ..data.beton import check_beton
         from ..data.write import read_summary
 
-        try:
-            check_beton(path)
-        except UsageError as err:  # check_beton names --data until it raises InputError itself
-            raise InputError(str(err).removeprefix("--data ")) from None
+        check_beton(path)
         reader = Reader(str(path))
         names = list(reader.field_names)
         if "label" not in names:
@@ -160,7 +157,7 @@ def centre_crop_batches(
     ``num_workers`` threads (at least one); the others through the torchvision equivalent in
     ``num_workers`` ``DataLoader`` processes."""
     if isinstance(source, BetonSource):
-        from ..data.loader import eval_loader
+        from ..data.eval_loader import eval_loader
 
         return eval_loader(
             source.path,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, FinetuneConfig, about
+from ..data.schedules import check_side
 from ..training.engine import Engine
 from ..training.schedules import scaled_lr
 from .data import LabelledImages, eval_transform, open_labelled, train_transform
@@ -119,10 +120,8 @@ def run(config: FinetuneConfig) -> dict:
     model = load_model(config, source.classes)
     model_config = model.config
     resolution = config.resolution or model_config.image_size
-    if resolution % model_config.patch_size:
-        raise ConfigError(
-            "resolution", resolution, f"not a multiple of the patch size {model_config.patch_size}"
-        )
+    with about("resolution"):
+        check_side(resolution, model_config.patch_size)
     per_step = batch_size * engine.num_processes * config.grad_accum
     if len(train_idx) < per_step:
         raise ConfigError(

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ProbeConfig, about
+from ..data.schedules import check_side
 from .data import centre_crop_batches, open_labelled
 
 POOLS = ("cls", "avg")
@@ -54,7 +55,7 @@ def extract_features(
     ``images`` are ``(B, 3, H, W)``: uint8 ones are normalised with the encoder config's mean and std
     (what the FFCV loaders yield), float ones are taken as already normalised.
     """
-    from ..data.loader import normalize, stats_tensor
+    from ..data.normalize import normalize, stats_tensor
 
     if pool not in POOLS:
         raise ValueError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
@@ -198,11 +199,8 @@ def load_encoder(config: ProbeConfig):
     from ..modeling import MAEConfig, MAEModel
 
     if config.random_init is not None:
-        patch = MAEConfig.from_preset(config.random_init).patch_size
-        if config.image_size % patch:
-            raise ConfigError(
-                "image_size", config.image_size, f"must be a positive multiple of the patch {patch}"
-            )
+        with about("image_size"):
+            check_side(config.image_size, MAEConfig.from_preset(config.random_init).patch_size)
         torch.manual_seed(config.seed)
         model_config = MAEConfig.from_preset(config.random_init, image_size=config.image_size)
         return MAEModel(model_config), f"random-init:{config.random_init}"
@@ -226,9 +224,8 @@ def run(config: ProbeConfig) -> dict:
 
     encoder, description = load_encoder(config)
     resolution = config.resolution or encoder.config.image_size
-    patch = encoder.config.patch_size
-    if resolution % patch:
-        raise ConfigError("resolution", resolution, f"must be a positive multiple of the patch size {patch}")
+    with about("resolution"):
+        check_side(resolution, encoder.config.patch_size)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     start = time.perf_counter()

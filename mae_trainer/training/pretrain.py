@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about
-from ..data.schedules import ResolutionSchedule, parse_steps
+from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
 from .checkpoint import check_compatible, resolve_resume
 
 RESOLVED_CONFIG = "resolved_config.yaml"
@@ -32,8 +32,20 @@ class Plan:
     resume: Path | None
 
 
+# The config field behind each ResolutionSchedule argument (a ScheduleError names the argument at fault).
+SCHEDULE_KEYS = {
+    "kind": "progressive",
+    "steps": "resolution_steps",
+    "multiple": "resolution_multiple",
+    "resolution": "resolution",
+    "start_resolution": "start_resolution",
+    "mask_ratio": "mask_ratio",
+    "constant_visible": "mask_schedule",
+}
+
+
 def make_schedule(config: PretrainConfig, batch_size: int) -> ResolutionSchedule:
-    with about("resolution_steps" if config.progressive == "steps" else "progressive"):
+    try:
         return ResolutionSchedule(
             kind=config.progressive,
             resolution=config.resolution,
@@ -48,11 +60,13 @@ def make_schedule(config: PretrainConfig, batch_size: int) -> ResolutionSchedule
             constant_visible=config.mask_schedule == "constant-visible",
             scale_batch=config.scale_batch_with_resolution,
         )
+    except ScheduleError as err:
+        raise ConfigError.about(SCHEDULE_KEYS[err.argument], err) from None
 
 
 def check(config: PretrainConfig, world: int) -> Plan:
     """Every check that needs neither torch nor a process group: fail before any work or file."""
-    from ..data.loader import check_beton
+    from ..data.beton import check_beton
 
     batch_size = config.per_rank_batch(world)
     schedule = make_schedule(config, batch_size)
@@ -103,8 +117,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from accelerate.utils import set_seed
     from timm.optim import param_groups_weight_decay
 
-    from ..data.loader import normalize, stats_tensor
-    from ..data.sampler import ProgressiveLoader
+    from ..data.normalize import normalize, stats_tensor
+    from ..data.train_loader import ProgressiveLoader
     from ..modeling import MAEConfig, MAEForPreTraining
     from .engine import Engine, world_size
     from .schedules import optimizer_steps_before, scaled_lr
@@ -269,7 +283,8 @@ def fixed_images(data: Path, resolution: int, count: int):
     every reconstruction grid of a run, so the grids show progress."""
     import numpy as np
 
-    from ..data.loader import check_beton, eval_loader
+    from ..data.beton import check_beton
+    from ..data.eval_loader import eval_loader
 
     total = check_beton(data)
     spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
