@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from _photos import beton, photo_folder
 
-from mae_trainer.data.sampler import ProgressiveLoader
 from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.train_loader import ProgressiveLoader
 
 
 def torch_loader(folder: Path, resolution: int, batch: int, workers: int):

@@ -19,9 +19,9 @@ import torch
 from _photos import beton, photo_folder
 
 from mae_trainer import MAEConfig, MAEForPreTraining
-from mae_trainer.data.loader import normalize, stats_tensor
-from mae_trainer.data.sampler import ProgressiveLoader
+from mae_trainer.data.normalize import normalize, stats_tensor
 from mae_trainer.data.schedules import ResolutionSchedule, constant_visible_mask_ratio
+from mae_trainer.data.train_loader import ProgressiveLoader
 
 
 def epoch_seconds(loader, model, optimizer, epoch: int, mask_ratio: float) -> float:

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from mae_trainer import MAEForPreTraining
-from mae_trainer.data.loader import normalize, stats_tensor
+from mae_trainer.cli import parse_config
+from mae_trainer.data.normalize import normalize, stats_tensor
 from mae_trainer.data.shapes import ShapeSettings, photo_crops, write_shapes_beton
 from mae_trainer.downstream import probe
 
@@ -85,15 +86,13 @@ def pretrain(args: argparse.Namespace, data: Path, output: Path) -> float:
 
 def probes(args: argparse.Namespace, encoder: list[str], paths: dict) -> dict:
     """k-NN and linear probe through the ``mae-trainer probe`` argument parser and ``run``."""
-    parser = argparse.ArgumentParser()
-    probe.add_arguments(parser)
     argv = [
         *encoder, "--train", str(paths["train"]), "--val", str(paths["val"]), "--knn", "--linear",
         "--pool", args.pool, "--k", str(args.k), "--epochs", str(args.probe_epochs),
         "--resolution", str(args.resolution), "--num-workers", str(args.workers), "--seed", str(args.seed),
     ]  # fmt: skip
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the one result line
-        return probe.run(parser.parse_args(argv))
+        return probe.run(parse_config(["probe", *argv]))
 
 
 @torch.no_grad()

@@ -114,15 +114,12 @@ def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
 
 
 @pytest.mark.parametrize("recipe", ["dailymae_base_800ep_8xa100.yaml", "demo_cpu.yaml", "single_gpu.yaml"])
-def test_example_recipes_are_valid(recipe):
-    from mae_trainer.cli import apply_recipe, build_parser
+def test_example_recipes_are_valid(recipe, demo_beton):
+    from mae_trainer.cli import parse_config
     from mae_trainer.training.pretrain import make_schedule
 
-    parser = build_parser()
-    argv = ["pretrain", "--recipe", str(ROOT / "examples" / recipe)]
-    apply_recipe(parser, argv)
-    args = parser.parse_args(argv)
-    schedule = make_schedule(args, 16)
+    args = parse_config(["pretrain", "--recipe", str(ROOT / "examples" / recipe), "--data", str(demo_beton)])
+    schedule = make_schedule(args, args.batch_size)
     assert schedule.stage(args.epochs - 1).resolution == args.resolution
     assert args.crop_decode and args.interpolation == "bicubic"
     if recipe != "demo_cpu.yaml":  # the authors' stages: 160/0.5, 192/0.66 from epoch 200, 224/0.75 from 400
@@ -142,14 +139,12 @@ def test_truncated_data_and_bad_stages_are_refused_before_any_file(demo_beton, t
 
 
 def test_recipe_with_equals_sign_and_bad_recipe_values(demo_beton, tmp_path, out):
-    from mae_trainer.cli import apply_recipe, build_parser
+    from mae_trainer.cli import parse_config
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: tiny\nepochs: 3\ncrop_decode: false\n")
-    parser = build_parser()
-    argv = ["pretrain", f"--recipe={recipe}", "--data", str(demo_beton)]
-    apply_recipe(parser, argv)  # once silently ignored: the run trained the base preset for 800 epochs
-    args = parser.parse_args(argv)
+    recipe.write_text("model: tiny\nepochs: 3\nwarmup-epochs: 1\ncrop_decode: false\n")
+    # once silently ignored: the run trained the base preset for 800 epochs
+    args = parse_config(["pretrain", f"--recipe={recipe}", "--data", str(demo_beton)])
     assert (args.model, args.epochs, args.crop_decode) == ("tiny", 3, False)
 
     for text, needles in [

@@ -519,8 +519,8 @@ def test_raw_samples_take_the_stock_path(tmp_path):
 
 
 def test_progressive_loader_two_resolutions(photo_beton):
-    from mae_trainer.data.sampler import ProgressiveLoader
     from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+    from mae_trainer.data.train_loader import ProgressiveLoader
 
     schedule = ResolutionSchedule(
         kind="steps", resolution=96, mask_ratio=0.75, batch_size=16, steps=parse_steps("0:64,1:96")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mae_trainer.data.loader import check_beton
+from mae_trainer.data.beton import check_beton
 from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
-from mae_trainer.errors import InputError, UsageError
+from mae_trainer.errors import InputError
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,8 +129,8 @@ def test_existing_output_is_not_overwritten(jpeg_folder, tmp_path):
 
 
 def test_training_loader_yields_uint8_crops_of_each_image_once(demo_beton):
-    from mae_trainer.data.sampler import ProgressiveLoader
     from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+    from mae_trainer.data.train_loader import ProgressiveLoader
 
     schedule = ResolutionSchedule(kind="steps", resolution=96, batch_size=16, steps=parse_steps("0:64,1:96"))
     loader = ProgressiveLoader(demo_beton, schedule, num_workers=2, seed=3)
@@ -147,11 +147,11 @@ def test_training_loader_yields_uint8_crops_of_each_image_once(demo_beton):
 
 
 def test_check_beton_rejects_other_files(tmp_path):
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         check_beton(tmp_path / "missing.beton")
     fake = tmp_path / "fake.beton"
     fake.write_bytes(b"\x00" * 100)
-    with pytest.raises(UsageError, match=r"not an FFCV \.beton file"):
+    with pytest.raises(InputError, match=r"not an FFCV \.beton file"):
         check_beton(fake)
 
 
@@ -160,8 +160,8 @@ def test_check_beton_refuses_truncated_and_inconsistent_files(demo_beton, tmp_pa
     for cut in (40, 24, 1):  # 24 bytes: exactly the last allocation record; 40 and 1 end mid-record
         damaged = tmp_path / f"cut_{cut}.beton"
         damaged.write_bytes(whole[:-cut])
-        with pytest.raises(UsageError, match=r"damaged \.beton file .*truncated"):
-            check_beton(damaged, "--data")
+        with pytest.raises(InputError, match=r"damaged \.beton file .*truncated"):
+            check_beton(damaged)
     # a sample whose data pointer was overwritten points outside every allocation
     from ffcv.reader import Reader
 
@@ -173,6 +173,6 @@ def test_check_beton_refuses_truncated_and_inconsistent_files(demo_beton, tmp_pa
     broken[offset + 5 * record + pointer : offset + 5 * record + pointer + 8] = (12345).to_bytes(8, "little")
     inconsistent = tmp_path / "inconsistent.beton"
     inconsistent.write_bytes(bytes(broken))
-    with pytest.raises(UsageError, match=r"sample 5 point|first: sample 5"):
+    with pytest.raises(InputError, match=r"sample 5 point|first: sample 5"):
         check_beton(inconsistent)
     assert check_beton(demo_beton) == 512  # the intact file still passes

@@ -104,7 +104,7 @@ def test_augmentations_and_beton_reader(tmp_path, jpeg_folder):
 
     raw = tmp_path / "raw.beton"
     write_beton(image_folder_source(jpeg_folder), raw, WriteSettings(max_resolution=512, write_mode="raw"))
-    beton, folder = open_labelled(raw, "--train"), open_labelled(jpeg_folder, "--train")
+    beton, folder = open_labelled(raw), open_labelled(jpeg_folder)
     assert beton.labels == folder.labels and beton.classes == folder.classes
     for i in range(len(folder)):  # raw pixels come back exactly as the JPEG decodes
         with folder.open(folder.order[i]) as image:

@@ -80,12 +80,9 @@ def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
     assert {"train/grad_norm", "train/resolution", "train/mask_ratio"} <= set(events.Tags()["scalars"])
 
     # the resolved config is a recipe that reproduces these settings
-    from mae_trainer.cli import apply_recipe, build_parser
+    from mae_trainer.cli import parse_config
 
-    parser = build_parser()
-    argv = ["pretrain", "--recipe", str(out / "resolved_config.yaml")]
-    apply_recipe(parser, argv)
-    again = parser.parse_args(argv)
+    again = parse_config(["pretrain", "--recipe", str(out / "resolved_config.yaml")])
     assert (again.batch_size, again.global_batch_size, again.resolution_steps, again.recon_every) == (
         16,
         32,

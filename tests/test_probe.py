@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from mae_trainer.cli import main, parse_config
+from mae_trainer.config import ProbeConfig
 from mae_trainer.data.shapes import SHAPES, TRAIN_PHOTOS, VAL_PHOTOS, ShapeSettings, shape_samples
 from mae_trainer.downstream import probe
-from mae_trainer.errors import UsageError
 
 SMALL = ShapeSettings(size=32)
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mae-trainer probe")
-    probe.add_arguments(parser)
-    return parser.parse_args(list(argv))
+def parse(*argv: str) -> ProbeConfig:
+    return parse_config(["probe", *argv])
 
 
 def clusters(
@@ -129,14 +127,15 @@ def test_probe_random_init_on_image_folder_with_val_fraction(shapes_data, capsys
 def test_extract_features_matches_between_beton_and_folder(shapes_data):
     """The .beton (FFCV centre crop) and ImageFolder (torchvision) paths feed the encoder the same pixels."""
     from mae_trainer import MAEModel
+    from mae_trainer.downstream.data import centre_crop_batches, open_labelled
 
     encoder = MAEModel.from_pretrained(shapes_data / "model")
-    beton_data = probe.LabelledData(shapes_data / "train.beton", "--train")
-    folder = probe.LabelledData(shapes_data / "folder", "--train").batches(32, 16, 0, 1.0)
+    beton_data = open_labelled(shapes_data / "train.beton")
+    folder = centre_crop_batches(open_labelled(shapes_data / "folder"), 32, 16, 0, 1.0)
     # 5 per batch, not a multiple of the label period: catches labels kept as views of FFCV's reused buffers
-    beton_f, beton_y = probe.extract_features(encoder, beton_data.batches(32, 5, 1, 1.0), "cls")
+    beton_f, beton_y = probe.extract_features(encoder, centre_crop_batches(beton_data, 32, 5, 1, 1.0), "cls")
     folder_f, folder_y = probe.extract_features(encoder, folder, "cls")
-    assert torch.equal(beton_y, torch.from_numpy(beton_data.labels))
+    assert torch.equal(beton_y, torch.tensor(beton_data.labels))
     # ImageFolder numbers the classes in sorted directory order and lists files class by class; the .beton
     # keeps generation order with SHAPES' numbering. Map, then sort both by class (stable: file order).
     folder_y = torch.tensor([SHAPES.index(name) for name in sorted(SHAPES)])[folder_y]
@@ -178,7 +177,7 @@ def unlabelled_beton(path):
         ("unknown-preset", ["--random-init 'giant'", "unknown preset"]),
     ],
 )
-def test_bad_input_names_the_flag(shapes_data, tmp_path, case, needles):
+def test_bad_input_names_the_flag(shapes_data, tmp_path, case, needles, capsys):
     train, val, model = shapes_data / "train.beton", shapes_data / "val.beton", shapes_data / "model"
     argv = {
         "missing-train": ["--model", model, "--train", tmp_path / "nope.beton", "--val", val, "--knn"],
@@ -198,10 +197,12 @@ def test_bad_input_names_the_flag(shapes_data, tmp_path, case, needles):
         "bad-resolution": ["--model", model, "--train", train, "--val", val, "--knn", "--resolution", "40"],
         "unknown-preset": ["--random-init", "giant", "--train", train, "--val", val, "--knn"],
     }[case]
-    with pytest.raises(UsageError) as err:
-        probe.run(parse(*map(str, argv)))
+    capsys.readouterr()  # the fixtures' progress bars
+    assert main(["probe", *map(str, argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mae-trainer: error: ") and err.count("\n") == 1, err
     for needle in needles:
-        assert needle in str(err.value)
+        assert needle in err
 
 
 def test_model_and_random_init_are_mutually_exclusive(shapes_data, capsys):

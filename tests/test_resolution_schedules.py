@@ -6,13 +6,15 @@ import pytest
 
 from mae_trainer.data.schedules import (
     ResolutionSchedule,
+    ScheduleError,
     Stage,
+    check_side,
     constant_visible_mask_ratio,
     linear_ramp,
     parse_steps,
     scaled_batch_size,
 )
-from mae_trainer.errors import UsageError
+from mae_trainer.errors import InputError
 
 
 def test_linear_ramp_rounds_to_the_multiple():
@@ -74,20 +76,44 @@ def test_constant_visible_and_batch_scaling_combined():
 
 
 def test_invalid_schedules_are_rejected():
-    with pytest.raises(UsageError, match="not a multiple of the patch size 16"):
+    with pytest.raises(InputError, match="not a multiple of the patch size 16"):
         ResolutionSchedule(kind="steps", steps=parse_steps("0:100,5:224"))
-    with pytest.raises(UsageError, match="epochs must start at 0 and increase"):
+    with pytest.raises(InputError, match="epochs must start at 0 and increase"):
         parse_steps("5:160,2:224")
-    with pytest.raises(UsageError, match="EPOCH:RES"):
+    with pytest.raises(InputError, match="EPOCH:RES"):
         parse_steps("0-160")
-    with pytest.raises(UsageError, match="--resolution-multiple 24"):
+    with pytest.raises(InputError, match="24: not a multiple of the patch size 16"):
         ResolutionSchedule(kind="linear", multiple=24)
 
 
+def test_check_side_and_the_argument_at_fault():
+    assert check_side(224, 16) == 224 and check_side(28, 14) == 28
+    for side, needle in ((100, "100: not a multiple of the patch size 16"), (0, "0: not positive")):
+        with pytest.raises(InputError, match=needle):
+            check_side(side, 16)
+    cases = [
+        (dict(kind="linear", multiple=24), "multiple"),
+        (dict(kind="linear", start_resolution=100), "start_resolution"),
+        (dict(resolution=200), "resolution"),
+        (dict(kind="steps", steps=parse_steps("0:96,5:100")), "steps"),
+        (dict(kind="steps"), "steps"),
+        (dict(kind="cubic"), "kind"),
+        (dict(kind="steps", steps=parse_steps("0:96:1.5,5:224")), "steps"),
+        (dict(kind="steps", steps=parse_steps("0:96,10:224"), constant_visible=True), "constant_visible"),
+    ]
+    for kwargs, argument in cases:
+        with pytest.raises(ScheduleError) as err:
+            ResolutionSchedule(**kwargs)
+        assert err.value.argument == argument and "--" not in str(err.value), (kwargs, err.value)
+    with pytest.raises(ScheduleError) as err:
+        parse_steps("0:96,x")
+    assert err.value.argument == "steps" and str(err.value).startswith("'0:96,x': ")
+
+
 def test_every_stage_is_validated_when_the_schedule_is_built():
-    with pytest.raises(UsageError, match=r"stage from epoch 30 \(192 px\) has mask ratio 1.2"):
+    with pytest.raises(InputError, match=r"stage from epoch 30 \(192 px\) has mask ratio 1.2"):
         ResolutionSchedule(kind="steps", resolution=224, steps=parse_steps("0:160:0.5,30:192:1.2,60:224"))
-    with pytest.raises(UsageError, match=r"mask ratio 0\.0"):
+    with pytest.raises(InputError, match=r"mask ratio 0\.0"):
         # 49 visible tokens cannot be kept at 96 px (36 tokens): the coupled ratio would be 0
         ResolutionSchedule(
             kind="steps", resolution=224, steps=parse_steps("0:96,10:224"), constant_visible=True

@@ -1,5 +1,5 @@
-"""ProgressiveSampler: disjoint per-rank shards, determinism, resume, stages — on real .beton files and
-with 2 real ranks (torch.distributed, gloo)."""
+"""The training loader (ProgressiveLoader) and its order (ShardedSampler): disjoint per-rank shards,
+determinism, resume, stages — on real .beton files and with 2 real ranks (torch.distributed, gloo)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mae_trainer.data.sampler import ProgressiveLoader
 from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+from mae_trainer.data.train_loader import ProgressiveLoader
 
 NUM = 103  # odd on purpose: 2 ranks leave one sample out, and partial batches are dropped
 
@@ -100,6 +100,44 @@ def test_batch_size_changes_with_the_stage(indexed_beton):
     sizes = {b.images.shape[0] for b in loader.epoch(0)}, {b.images.shape[0] for b in loader.epoch(1)}
     assert sizes == ({32}, {8})  # 8 × (64/32)² at 32 px
     assert loader.batches_in_epoch(0) == NUM // 32 and loader.batches_in_epoch(1) == NUM // 8
+
+
+def test_stage_change_and_resume_inside_each_stage(indexed_beton):
+    """48 px in batches of 40 (80 of the 103 samples), then 64 px in batches of 24 (96 samples): every
+    batch has its stage's shape, each epoch its stage's batch count, also when a run resumes inside either
+    stage (a fresh loader starts with stage 0's batch size and crop size, and must switch to the resumed
+    epoch's)."""
+    scaled = ResolutionSchedule(
+        kind="steps", resolution=64, batch_size=24, steps=parse_steps("0:48,1:64"), scale_batch=True
+    )
+
+    def make():
+        return ProgressiveLoader(indexed_beton, scaled, rank=0, world_size=1, num_workers=1)
+
+    def run(loader, epoch):
+        return [(b.labels.tolist(), tuple(b.images.shape), b.stage, b.index) for b in loader.epoch(epoch)]
+
+    full = make()
+    expected = {epoch: run(full, epoch) for epoch in (0, 1)}
+    for epoch, (batch, res) in {0: (40, 48), 1: (24, 64)}.items():
+        assert len(expected[epoch]) == NUM // batch == full.batches_in_epoch(epoch)
+        assert {shape for _, shape, _, _ in expected[epoch]} == {(batch, 3, res, res)}
+        assert {stage for _, _, stage, _ in expected[epoch]} == {scaled.stage(epoch)}
+    for epoch, cut in ((0, 1), (1, 2)):
+        first = make()
+        head = [b.labels.tolist() for _, b in zip(range(cut), first.epoch(epoch))]
+        state = first.state_dict()
+        assert (state["epoch"], state["batch"]) == (epoch, cut)
+        resumed = make()
+        resumed.load_state_dict(state)
+        tail = run(resumed, epoch)
+        assert [index for *_, index in tail] == list(range(cut, len(expected[epoch])))
+        assert head + [labels for labels, *_ in tail] == [labels for labels, *_ in expected[epoch]]
+        assert [shape for _, shape, _, _ in tail] == [shape for _, shape, _, _ in expected[epoch][cut:]]
+        after = run(resumed, 1 - epoch)  # the other stage, from its beginning
+        assert [(labels, shape) for labels, shape, _, _ in after] == [
+            (labels, shape) for labels, shape, _, _ in expected[1 - epoch]
+        ]
 
 
 def _rank_main(rank: int, world: int, port: int, path: str, out: str) -> None:

@@ -10,14 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import TrainingError, UsageError, is_lost_peer
+from ..config import ConfigError
+from ..errors import InputError, TrainingError, UsageError, is_lost_peer
+from .flags import build_config, flagged, usage_message
 
 
 def _write_dataset(args: argparse.Namespace) -> None:
     import os
 
     from ..data.write import WriteSettings, check_output, resolve_source, write_beton
-    from ..errors import InputError
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
@@ -53,26 +54,38 @@ def _write_dataset(args: argparse.Namespace) -> None:
         print(f"skipped {len(summary['skipped'])} file(s) (listed in {args.output}.json)")
 
 
-def _pretrain(args: argparse.Namespace) -> None:
+def _pretrain(config) -> None:
     from ..training.pretrain import run
 
-    run(args)
+    run(config)
+
+
+def _finetune(config) -> None:
+    from ..downstream.finetune import run
+
+    run(config)
+
+
+def _probe(config) -> None:
+    from ..downstream.probe import run
+
+    run(config)
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from ..data.loader import check_beton
+    from ..data.beton import check_beton
+    from ..data.schedules import check_side
     from ..modeling import MAEForPreTraining
     from ..modeling.loading import for_flag
     from ..training.pretrain import fixed_images
     from ..training.visualize import reconstruction_grid, save_png
 
     model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
-    check_beton(args.data)
+    with flagged("--data"):
+        check_beton(args.data)
     resolution = args.resolution or model.config.image_size
-    if resolution % model.config.patch_size:
-        raise UsageError(
-            f"--resolution {resolution}: not a multiple of the patch size {model.config.patch_size}"
-        )
+    with flagged("--resolution"):
+        check_side(resolution, model.config.patch_size)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     save_png(reconstruction_grid(model, fixed_images(args.data, resolution, args.count)), args.output)
     print(f"reconstruction grid: {args.output}")
@@ -85,8 +98,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..config import FinetuneConfig, PretrainConfig, ProbeConfig
     from ..data.write import WriteSettings
-    from ..training import pretrain
+    from .flags import add_config_flags
 
     parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,21 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "pretrain", help="pre-train an MAE (run under accelerate launch to distribute)"
     )
-    pretrain.add_arguments(train)
-    train.set_defaults(func=_pretrain)
-    parser.pretrain_parser = train  # recipe files set this sub-command's defaults
-
-    from ..downstream import finetune, probe
-
+    add_config_flags(train, PretrainConfig)
+    train.set_defaults(func=_pretrain, config=PretrainConfig)
     tune = commands.add_parser(
         "finetune",
         help="fine-tune a pre-trained encoder for classification (accelerate launch to distribute)",
     )
-    finetune.add_arguments(tune)
-    tune.set_defaults(func=finetune.run)
+    add_config_flags(tune, FinetuneConfig)
+    tune.set_defaults(func=_finetune, config=FinetuneConfig)
     prob = commands.add_parser("probe", help="linear probe and/or k-NN top-1 of frozen encoder features")
-    probe.add_arguments(prob)
-    prob.set_defaults(func=probe.run)
+    add_config_flags(prob, ProbeConfig)
+    prob.set_defaults(func=_probe, config=ProbeConfig)
 
     from .. import hub
 
@@ -174,67 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def recipe_path(argv: list[str]) -> Path | None:
-    """The file of ``--recipe FILE`` or ``--recipe=FILE`` in ``argv`` (None without one)."""
-    for index, arg in enumerate(argv):
-        if arg == "--recipe":
-            if index + 1 >= len(argv):
-                raise UsageError("--recipe: expects a YAML file")
-            return Path(argv[index + 1])
-        if arg.startswith("--recipe="):
-            return Path(arg.split("=", 1)[1])
-    return None
+def parse(argv: list[str]):
+    """``(command function, its argument)`` for ``argv``: the frozen run config of pretrain, finetune and
+    probe (defaults ← ``--recipe`` file ← flags), the parsed namespace of the other commands."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args.func, args
+    return args.func, build_config(args.config, args)
 
 
-def recipe_value(action: argparse.Action, value):
-    """A recipe file's value for ``action``, converted and checked the way the flag would be."""
-    if value is None:
-        return value
-    if action.nargs == 0:  # on/off flags
-        if not isinstance(value, bool):
-            raise ValueError("expected true or false")
-    elif isinstance(value, (list, dict)):
-        raise ValueError(f"expected one value, not a {'list' if isinstance(value, list) else 'mapping'}")
-    elif action.type is not None:
-        value = action.type(value)
-    if action.choices is not None and value not in action.choices:
-        raise ValueError(f"choose one of {', '.join(map(str, action.choices))}")
-    return value
+def parse_config(argv: list[str]):
+    """The run config ``argv`` describes (``["pretrain", "--recipe", "r.yaml", ...]``)."""
+    return parse(argv)[1]
 
 
-def apply_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """``pretrain --recipe FILE.yaml`` (or ``--recipe=FILE.yaml``): the file's keys (flag names, ``-`` or
-    ``_``) become defaults that flags on the command line override."""
-    if "pretrain" not in argv:
-        return
-    path = recipe_path(argv)
-    if path is None:
-        return
-    import yaml
-
-    try:
-        recipe = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"--recipe {path}: cannot read ({err})") from None
-    if not isinstance(recipe, dict):
-        raise UsageError(f"--recipe {path}: expected a mapping of flag names to values")
-    pretrain = parser.pretrain_parser
-    actions = {action.dest: action for action in pretrain._actions}
-    settings = {str(k).replace("-", "_"): v for k, v in recipe.items()}
-    unknown = sorted(set(settings) - set(actions))
-    if unknown:
-        raise UsageError(f"--recipe {path}: unknown key(s) {', '.join(unknown)}")
-    for key, value in settings.items():
-        try:
-            settings[key] = recipe_value(actions[key], value)
-        except (TypeError, ValueError) as err:
-            raise UsageError(
-                f"--recipe {path}: {key.replace('_', '-')}: {value!r} is not valid ({err})"
-            ) from None
-    pretrain.set_defaults(**settings)
-
-
-def lost_peer_message(err: RuntimeError, args: argparse.Namespace) -> str:
+def lost_peer_message(err: RuntimeError, args) -> str:
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
     message = (
         f"lost contact with the other ranks ({first}): another node died, hung or left the network "
@@ -258,16 +222,15 @@ def _reports() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = argparse.Namespace()
+    args = None
     try:
-        apply_recipe(parser, argv)
-        args = parser.parse_args(argv)
-        args.func(args)
-    except UsageError as err:
+        command, args = parse(argv)
+        command(args)
+    except (UsageError, InputError) as err:  # a ConfigError names its flag; other input errors their file
         if _reports():
-            print(f"mae-trainer: error: {err}", file=sys.stderr)
+            message = usage_message(err) if isinstance(err, ConfigError) else str(err)
+            print(f"mae-trainer: error: {message}", file=sys.stderr)
         return 2
     except TrainingError as err:  # agreed by every rank: reported once
         if _reports():

@@ -11,13 +11,12 @@ to epoch yet are identical for the same run seed — whatever the worker count, 
 from __future__ import annotations
 
 import numpy as np
-from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, get_random_crop
-from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.compiler import Compiler
 from numba import njit
 
-from .crop_decode.decoder import check_interpolation, compile_sample_decoder
-from .crop_decode.native import REGION_FIELDS
+from .crop_decode.decoder import CropDecodeRGBImageDecoder
+
+RRC_SCALE = (0.2, 1.0)  # MAE's RandomResizedCrop scale
+RRC_RATIO = (3 / 4, 4 / 3)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -55,7 +54,7 @@ def flip_in_place(image: np.ndarray) -> None:
                 image[y, width - 1 - x, c] = left
 
 
-class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
+class SeededRandomResizedCrop(CropDecodeRGBImageDecoder):
     """FFCV's RandomResizedCrop (same crop distribution, same decode and resize kernels) plus a horizontal
     flip with probability ``flip_prob``, both drawn reproducibly per sample (see the module docstring).
     ``output_size`` can change between epochs without recompiling, as with the stock decoder.
@@ -63,53 +62,34 @@ class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
     ``crop_decode=True`` decodes only the crop of each JPEG sample (:mod:`mae_trainer.data.crop_decode`).
     ``interpolation`` resizes the crop: ``"bicubic"`` (default) as reference MAE's torchvision
     RandomResizedCrop (PIL's BICUBIC, antialiased when shrinking), ``"area"`` as FFCV (OpenCV's INTER_AREA).
-    Both decodes resample the same crop box, see ``compile_sample_decoder``."""
+    Both decodes resample the same crop box, see ``compile_sample_decoder``; the decode body is
+    :class:`CropDecodeRGBImageDecoder`'s, with the seeding and the flip as its per-sample hooks."""
 
     includes_flip = True  # the loader adds no separate flip stage
 
     def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: int = 0,
                  flip_prob: float = 0.5, crop_decode: bool = False,
                  interpolation: str = "bicubic"):  # fmt: skip
-        super().__init__(output_size, scale=scale, ratio=ratio)
-        self.interpolation = check_interpolation(interpolation)
+        super().__init__(output_size, scale=scale, ratio=ratio, interpolation=interpolation,
+                         crop_decode=crop_decode)  # fmt: skip
         self.seed = seed
         self.flip_prob = flip_prob
-        self.crop_decode = crop_decode
 
-    def declare_state_and_memory(self, previous_state):
-        state, queries = super().declare_state_and_memory(previous_state)
-        if self.crop_decode:  # one int64 region record per sample for the crop decoder
-            queries = (*queries, AllocationQuery((REGION_FIELDS,), np.dtype("<i8")))
-        return state, queries
-
-    def generate_code(self):
-        mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
-        decode_sample_c = compile_sample_decoder(self.interpolation, crop=self.crop_decode)
-        get_crop_c = Compiler.compile(get_random_crop)
-        seed_c, flip_c = sample_seed, flip_in_place  # already compiled (numba needs callees compiled)
-        scale, ratio = np.array(self.scale), np.array(self.ratio)
+    def sample_hooks(self):
         run_seed, flip_prob = np.uint64(self.seed), self.flip_prob
-        with_regions = self.crop_decode
 
-        def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, scratch = my_storage[0], my_storage[1]
-            regions = my_storage[2] if with_regions else my_storage[1]  # unused without crop decode
+        @njit(nogil=True)
+        def reseed(batch_indices, position):
             count = len(batch_indices)
-            for dst_ix in my_range(count):
-                source_ix = batch_indices[dst_ix]
-                np.random.seed(
-                    seed_c(run_seed, source_ix, batch_indices[0], batch_indices[count - 1], dst_ix)
+            np.random.seed(
+                sample_seed(
+                    run_seed, batch_indices[position], batch_indices[0], batch_indices[count - 1], position
                 )
-                field = metadata[source_ix]
-                image_data = mem_read(field["data_ptr"], storage_state)
-                height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                i, j, h, w = get_crop_c(height, width, scale, ratio)
-                decode_sample_c(image_data, field["mode"], height, width, i, j, h, w, scratch[dst_ix],
-                                regions[dst_ix], destination[dst_ix])  # fmt: skip
-                if np.random.random() < flip_prob:
-                    flip_c(destination[dst_ix])
-            return destination[:count]
+            )
 
-        decode.is_parallel = True
-        return decode
+        @njit(nogil=True)
+        def flip(image):
+            if np.random.random() < flip_prob:
+                flip_in_place(image)
+
+        return reseed, flip

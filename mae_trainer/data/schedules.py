@@ -1,7 +1,7 @@
 """Progressive-resolution schedules: pure functions of the epoch, testable without data or a model.
 
 A schedule maps an epoch to a :class:`Stage` — crop resolution, mask ratio and per-rank batch size — and
-the sampler hands that stage to every batch of the epoch. Three ingredients, combinable:
+the training loader applies that stage to the whole epoch. Three ingredients, combinable:
 
 - ``linear``: FFCV-ImageNet's ramp, ``start → end`` resolution between two epochs, rounded to a multiple.
 - ``steps``: DailyMAE-style steps, e.g. 160 px / mask 0.50 → 192 / 0.66 → 224 / 0.75.
@@ -17,7 +17,26 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import InputError
+
+
+class ScheduleError(InputError):
+    """A schedule that cannot be used. ``argument`` names the :class:`ResolutionSchedule` argument at fault
+    (``parse_steps``' text is ``steps``), so that a caller can say where the value came from."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+def check_side(side: int, patch_size: int) -> int:
+    """``side`` (an image side in pixels) if it is a positive multiple of ``patch_size``; else
+    :class:`InputError`, its message starting with ``side``."""
+    if side <= 0:
+        raise InputError(f"{side}: not positive (image sides are multiples of the patch size {patch_size})")
+    if side % patch_size:
+        raise InputError(f"{side}: not a multiple of the patch size {patch_size}")
+    return side
 
 
 @dataclass(frozen=True)
@@ -68,12 +87,12 @@ def parse_steps(text: str) -> list[tuple[int, int, float | None]]:
             epoch, res = int(parts[0]), int(parts[1])
             mask = float(parts[2]) if len(parts) == 3 else None
         except ValueError:
-            raise UsageError(
-                f"--resolution-steps {text!r}: expected EPOCH:RES[:MASK],... e.g. 0:160:0.5,30:224"
+            raise ScheduleError(
+                "steps", f"{text!r}: expected EPOCH:RES[:MASK],... e.g. 0:160:0.5,30:224"
             ) from None
         steps.append((epoch, res, mask))
     if not steps or steps[0][0] != 0 or any(a[0] >= b[0] for a, b in itertools.pairwise(steps)):
-        raise UsageError(f"--resolution-steps {text!r}: epochs must start at 0 and increase")
+        raise ScheduleError("steps", f"{text!r}: epochs must start at 0 and increase")
     return steps
 
 
@@ -87,11 +106,14 @@ class ResolutionSchedule:
             and ``scale_batch`` (the final, full resolution of a progressive run).
         mask_ratio: the mask ratio at ``resolution``.
         batch_size: the per-rank batch at ``resolution``.
-        patch_size: every resolution must be a multiple of it.
+        patch_size: every resolution must be a multiple of it (:func:`check_side`).
         start_resolution / start_epoch / end_epoch / multiple: the ``linear`` ramp.
         steps: ``(epoch, resolution, mask_ratio or None)`` for ``steps``.
         constant_visible: derive the mask ratio from the resolution (overrides per-step ratios).
         scale_batch: scale the batch with the resolution.
+
+    Raises :class:`ScheduleError` (an ``InputError``) naming the argument at fault before any stage is
+    used: a resolution that is not a multiple of the patch size, a stage whose mask ratio is not in (0, 1).
     """
 
     kind: str = "constant"
@@ -109,34 +131,45 @@ class ResolutionSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("constant", "linear", "steps"):
-            raise UsageError(f"--progressive {self.kind!r}: choose constant, linear or steps")
-        if self.kind == "steps" and not self.steps:
-            raise UsageError("--progressive steps needs --resolution-steps")
-        if self.kind == "linear" and self.multiple % self.patch_size:
-            raise UsageError(
-                f"--resolution-multiple {self.multiple}: must be a multiple of the patch "
-                f"size {self.patch_size}"
+            raise ScheduleError(
+                "kind", f"{self.kind!r}: not a schedule kind; choose constant, linear or steps"
             )
-        for res in self.resolutions():
-            if res <= 0 or res % self.patch_size:
-                raise UsageError(
-                    f"resolution {res} in the schedule is not a multiple of the patch size {self.patch_size}"
-                )
+        if self.kind == "steps" and not self.steps:
+            raise ScheduleError("steps", "(none): a 'steps' schedule needs at least one step")
+        sides = {"multiple": self.multiple} if self.kind == "linear" else {}
+        for argument, side in [*sides.items(), *self.resolution_arguments()]:
+            try:
+                check_side(side, self.patch_size)
+            except InputError as err:
+                raise ScheduleError(argument, str(err)) from None
         for epoch in self.stage_epochs():  # every stage, before any work or any file is written
             stage = self.stage(epoch)
             if not 0.0 < stage.mask_ratio < 1.0:
-                where = "--resolution-steps" if self.kind == "steps" else "--mask-schedule"
-                raise UsageError(
-                    f"{where}: the stage from epoch {epoch} ({stage.resolution} px) has mask ratio "
-                    f"{stage.mask_ratio}; it must be between 0 and 1 (exclusive)"
+                raise ScheduleError(
+                    self.mask_argument(epoch),
+                    f"{epoch}:{stage.resolution}:{stage.mask_ratio}: the stage from epoch {epoch} "
+                    f"({stage.resolution} px) has mask ratio {stage.mask_ratio}; it must be between 0 and 1 "
+                    "(exclusive)",
                 )
 
-    def resolutions(self) -> list[int]:
+    def resolution_arguments(self) -> list[tuple[str, int]]:
+        """``(argument, resolution)`` for every resolution the schedule names."""
         if self.kind == "steps":
-            return [res for _, res, _ in self.steps]
+            return [("steps", res) for _, res, _ in self.steps]
         if self.kind == "linear":
-            return [self.start_resolution, self.resolution]
-        return [self.resolution]
+            return [("start_resolution", self.start_resolution), ("resolution", self.resolution)]
+        return [("resolution", self.resolution)]
+
+    def mask_argument(self, epoch: int) -> str:
+        """The argument the mask ratio of ``epoch``'s stage comes from."""
+        if self.constant_visible:
+            return "constant_visible"
+        if self.kind == "steps" and [s for s in self.steps if s[0] <= epoch][-1][2] is not None:
+            return "steps"
+        return "mask_ratio"
+
+    def resolutions(self) -> list[int]:
+        return [res for _, res in self.resolution_arguments()]
 
     def stage_epochs(self) -> list[int]:
         """The first epoch of every distinct stage (a ``linear`` ramp changes at most once per epoch)."""

@@ -1,22 +1,31 @@
-"""Labelled images for fine-tuning: an ImageFolder tree, a Hugging Face dataset or a ``.beton``, read as
-PIL images and fed through torchvision/timm transforms in ``DataLoader`` workers.
+"""Labelled splits for ``finetune`` and ``probe``: one way to open a ``.beton`` with a ``label`` field, an
+ImageFolder tree (``DIR/<class>/<image>``) or a Hugging Face dataset saved with ``save_to_disk``, with the
+labels and class names read and checked up front (no image decoded), so bad input fails before any model
+is loaded.
 
-Fine-tuning is compute-bound (every patch goes through the encoder, with RandAugment), so the per-image
-PIL path that timm's augmentations expect is the right one here; a ``.beton`` is read sample by sample
-(random access through FFCV's reader) instead of through FFCV's batch pipeline.
+Two decode paths read an opened split, on purpose:
+
+- fine-tuning is compute-bound (every patch goes through the encoder, with RandAugment), so images are read
+  one by one as PIL images (a ``.beton`` by random access through FFCV's reader) and go through
+  torchvision/timm transforms in ``DataLoader`` workers (:class:`LabelledImages`);
+- the probe only needs centre crops (:func:`centre_crop_batches`): FFCV's centre-crop loader in many threads
+  for a ``.beton``, the torchvision equivalent in ``DataLoader`` workers for the others.
+
+Bad input raises :class:`~mae_trainer.errors.InputError`, the message starting with the file.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from ..data.write import ImageSource, hf_source, image_folder_source, to_rgb
-from ..errors import UsageError
+from ..data.write import HFDatasetSource, ImageSource, image_folder_source, to_rgb
+from ..errors import InputError, UsageError
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # the reference MAE fine-tune's RandAugment policy
 
@@ -24,27 +33,29 @@ RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # the reference MAE fine-tune's RandAugmen
 class BetonSource(ImageSource):
     """Random access to the images and labels of an FFCV ``.beton`` (as written by ``write-dataset``)."""
 
-    def __init__(self, path: Path, flag: str):
+    def __init__(self, path: Path):
         from ffcv.reader import Reader
 
-        from ..data.loader import check_beton
+        from ..data.beton import check_beton
         from ..data.write import read_summary
 
-        check_beton(path, flag)
+        check_beton(path)
         reader = Reader(str(path))
-        if "label" not in reader.handlers:
-            raise UsageError(f"{flag} {path}: has no 'label' field (write it from a labelled source)")
-        names = list(reader.handlers)
+        names = list(reader.field_names)
+        if "label" not in names:
+            raise InputError(
+                f"{path}: has no 'label' field (fields: {', '.join(names)}); write it from a labelled source"
+            )
         meta = reader.metadata
+        self.path = path
         self.image_meta = meta[f"f{names.index('image')}"]
-        labels = meta[f"f{names.index('label')}"].astype(int).tolist()
+        labels = meta[f"f{names.index('label')}"].astype(np.int64).tolist()
         table = reader.alloc_table
         self.sizes = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
         self.data = np.memmap(path, dtype=np.uint8, mode="r")
         summary = read_summary(path) or {}
-        count = max(labels) + 1
-        classes = summary.get("classes") or [str(i) for i in range(count)]
-        super().__init__(str(path), list(classes)[: max(count, len(classes))], labels)
+        classes = list(summary.get("classes") or [str(i) for i in range(max(labels) + 1)])
+        super().__init__(str(path), classes, labels)
 
     def open(self, item: int) -> Image.Image:
         mode, width, height, ptr = (self.image_meta[item][k] for k in ("mode", "width", "height", "data_ptr"))
@@ -59,29 +70,73 @@ class BetonSource(ImageSource):
 
 
 def open_labelled(
-    spec: Path, flag: str, split: str = "train", image_column: str = "image", label_column: str = "label"
+    path: Path,
+    *,
+    split: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    train: ImageSource | None = None,
 ) -> ImageSource:
-    """A ``.beton`` file, a ``save_to_disk`` folder (it holds ``dataset_info.json`` or
-    ``dataset_dict.json``) or an ImageFolder tree."""
-    if not spec.exists():
-        raise UsageError(f"{flag} {spec}: no such file or directory")
-    if spec.is_file():
-        return BetonSource(spec, flag)
-    if (spec / "dataset_info.json").exists() or (spec / "dataset_dict.json").exists():
-        try:
-            return hf_source(spec, "hf-disk", split, image_column, label_column)
-        except UsageError as err:
-            raise UsageError(f"{flag}: {err}") from None
+    """Open the labelled split at ``path``: a ``.beton`` file, a ``save_to_disk`` folder (it holds
+    ``dataset_info.json`` or ``dataset_dict.json``; ``split`` picks one of a ``DatasetDict``'s splits, and
+    may be left out when there is one) or an ImageFolder tree. ``labels``, ``classes`` and ``open(item)``
+    are ready; every sample has a label. A held-out split opened with its ``train`` split must number the
+    classes as ``train`` does: the same classes, or their first ones (a small split may lack the last)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_file():
+        source = BetonSource(path)
+    elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        source = _saved_dataset(path, split, image_column, label_column)
+    else:
+        source = _image_folder(path)
+    if not len(source):
+        raise InputError(f"{path}: holds no samples")
+    unlabelled = sum(label < 0 for label in source.labels)
+    if unlabelled:  # datasets marks a missing label -1
+        raise InputError(f"{path}: {unlabelled} of {len(source.labels)} samples have no label (label -1)")
+    if train is not None and list(train.classes[: len(source.classes)]) != list(source.classes):
+        raise InputError(f"{path}: classes {source.classes} differ from {train.name}'s {train.classes}")
+    return source
+
+
+def _image_folder(root: Path) -> ImageSource:
+    if not any(p.is_dir() for p in root.iterdir()):
+        raise InputError(f"{root}: no class sub-directories (expected {root}/<class>/<image>)")
     try:
-        return image_folder_source(spec)
-    except UsageError as err:
-        raise UsageError(f"{flag}: {str(err).replace('--source ', '')}") from None
+        return image_folder_source(root)
+    except UsageError as err:  # the writer's messages name --source
+        raise InputError(str(err).removeprefix("--source ")) from None
+
+
+def _saved_dataset(path: Path, split: str | None, image_column: str, label_column: str) -> ImageSource:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises many types for a wrong folder
+        raise InputError(f"{path}: not a saved dataset ({type(err).__name__}: {err})") from None
+    name = str(path)
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split is None:
+            raise InputError(f"{path}: holds the splits {', '.join(splits)}; open one ({path / splits[0]})")
+        if split not in loaded:
+            raise InputError(f"{path}: has no split {split!r} (splits: {', '.join(splits)})")
+        loaded, name = loaded[split], f"{path}:{split}"
+    for column in (image_column, label_column):
+        if column not in loaded.column_names:
+            raise InputError(f"{name}: has no column {column!r} (columns: {', '.join(loaded.column_names)})")
+    return HFDatasetSource(name, loaded, image_column, label_column)
 
 
 class LabelledImages(torch.utils.data.Dataset):
-    """``(transformed image, label)`` for ``indices`` of ``source``."""
+    """``(transform(RGB PIL image), label)`` for ``indices`` of ``source`` (positions in its order)."""
 
-    def __init__(self, source: ImageSource, indices: list[int], transform):
+    def __init__(self, source: ImageSource, indices: Iterable[int], transform):
         self.source, self.indices, self.transform = source, list(indices), transform
 
     def __len__(self) -> int:
@@ -92,6 +147,37 @@ class LabelledImages(torch.utils.data.Dataset):
         with self.source.open(item) as image:
             rgb = Image.fromarray(to_rgb(image))
         return self.transform(rgb), self.source.labels[item]
+
+
+def centre_crop_batches(
+    source: ImageSource, resolution: int, batch_size: int, num_workers: int, crop_ratio: float = 1.0
+) -> Iterable:
+    """``(uint8 images (B, 3, R, R), labels)`` in the source's order: the centre ``crop_ratio`` of the short
+    side, resized to ``resolution``. A ``.beton`` goes through FFCV's centre-crop decoder in
+    ``num_workers`` threads (at least one); the others through the torchvision equivalent in
+    ``num_workers`` ``DataLoader`` processes."""
+    if isinstance(source, BetonSource):
+        from ..data.eval_loader import eval_loader
+
+        return eval_loader(
+            source.path,
+            batch_size,
+            resolution,
+            num_workers=max(1, num_workers),
+            crop_ratio=crop_ratio,
+            indices=source.order,
+        )
+    from torchvision.transforms import v2
+
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(max(resolution, round(resolution / crop_ratio)), antialias=True),
+            v2.CenterCrop(resolution),
+        ]
+    )
+    images = LabelledImages(source, range(len(source)), transform)
+    return torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
 
 
 class ThreeAugment:

@@ -24,7 +24,6 @@ Features are the class token (``--pool cls``, MAE's linear-probe default) or the
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -36,57 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..config import ConfigError, ProbeConfig, about
+from ..data.schedules import check_side
+from .data import centre_crop_batches, open_labelled
 
 POOLS = ("cls", "avg")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    enc = parser.add_argument_group("encoder (one of)")
-    which = enc.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--model", default=None, metavar="DIR", help="pre-trained MAE: folder or Hub repo id, ours or vit_mae"
-    )
-    which.add_argument(
-        "--random-init",
-        default=None,
-        metavar="PRESET",
-        help="baseline: the preset's encoder at random init (seeded by --seed)",
-    )
-    enc.add_argument("--image-size", type=int, default=224, help="--random-init: the config's image_size")
-    data = parser.add_argument_group("data (labelled .beton files or ImageFolder directories)")
-    data.add_argument(
-        "--train", type=Path, required=True, metavar="DATA", help="training split: .beton with labels or DIR"
-    )
-    held_out = data.add_mutually_exclusive_group(required=True)
-    held_out.add_argument(
-        "--val", type=Path, default=None, metavar="DATA", help="held-out split: .beton with labels or DIR"
-    )
-    held_out.add_argument(
-        "--val-fraction",
-        type=float,
-        metavar="F",
-        default=None,
-        help="hold out this fraction of --train instead (seeded by --seed, stratified by class)",
-    )
-    data.add_argument("--resolution", type=int, default=None, help="input side (default: the image_size)")
-    data.add_argument(
-        "--crop-ratio", type=float, default=1.0, help="centre crop side as a fraction of the short side"
-    )
-    data.add_argument("--num-workers", type=int, default=2, help="decode threads (.beton) or processes (DIR)")
-    data.add_argument("--extract-batch-size", type=int, default=64, help="images per feature forward")
-    data.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    probes = parser.add_argument_group("probes (at least one)")
-    probes.add_argument("--knn", action="store_true", help="weighted k-NN on cosine similarity")
-    probes.add_argument("--linear", action="store_true", help="BatchNorm + Linear head on frozen features")
-    probes.add_argument("--pool", default="cls", choices=POOLS, help="class token or mean of patch tokens")
-    probes.add_argument("--k", type=int, default=20, help="k-NN: neighbours that vote")
-    probes.add_argument("--temperature", type=float, default=0.07, help="k-NN: vote weight exp(sim / T)")
-    probes.add_argument("--epochs", type=int, default=100, help="linear: epochs over the cached features")
-    probes.add_argument("--lr", type=float, default=0.1, help="linear: peak SGD learning rate")
-    probes.add_argument("--batch-size", type=int, default=256, help="linear: features per SGD step")
-    probes.add_argument("--seed", type=int, default=0, help="random init, --val-fraction split, linear head")
-    parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -102,7 +55,7 @@ def extract_features(
     ``images`` are ``(B, 3, H, W)``: uint8 ones are normalised with the encoder config's mean and std
     (what the FFCV loaders yield), float ones are taken as already normalised.
     """
-    from ..data.loader import normalize, stats_tensor
+    from ..data.normalize import normalize, stats_tensor
 
     if pool not in POOLS:
         raise ValueError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
@@ -211,6 +164,7 @@ def linear_probe_top1(
 def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train_indices, val_indices)``: a seeded ``fraction`` of every class held out (at least one sample
     of each class with two or more, never all of a class), each side in ascending order."""
+    labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     held = []
     for label in np.unique(labels):
@@ -227,211 +181,103 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tupl
 # ---------------------------------------------------------------------------------------------- data
 
 
-class LabelledData:
-    """A labelled split: a ``.beton`` with a ``label`` field or an ImageFolder directory. The labels and
-    class names are read up front (no image decoded), so bad input fails before any forward pass."""
-
-    def __init__(self, path: Path, flag: str):
-        self.path, self.flag = path, flag
-        if not path.exists():
-            raise UsageError(f"{flag} {path}: no such file or directory")
-        self.is_folder = path.is_dir()
-        if self.is_folder:
-            self._init_folder()
-        else:
-            self._init_beton()
-        if len(np.unique(self.labels)) < 2 and flag == "--train":
-            raise UsageError(f"{flag} {path}: every sample has the same label (a probe needs 2+ classes)")
-
-    def _init_beton(self) -> None:
-        from ffcv.reader import Reader
-
-        from ..data.loader import check_beton
-        from ..data.write import read_summary
-
-        check_beton(self.path, self.flag)
-        reader = Reader(str(self.path))
-        if "label" not in reader.field_names:
-            raise UsageError(
-                f"{self.flag} {self.path}: has no 'label' field (fields: {', '.join(reader.field_names)}); "
-                "write it with labels (mae-trainer write-dataset --label-column ...)"
-            )
-        column = f"f{reader.field_names.index('label')}"
-        self.labels = np.array(reader.metadata[column], dtype=np.int64)  # a writable copy
-        summary = read_summary(self.path) or {}
-        self.classes = summary.get("classes")
-
-    def _init_folder(self) -> None:
-        from ..data.write import image_folder_source
-
-        try:
-            source = image_folder_source(self.path)
-        except UsageError as err:
-            raise UsageError(str(err).replace("--source", self.flag, 1)) from None
-        if not any(p.is_dir() for p in self.path.iterdir()):
-            raise UsageError(
-                f"{self.flag} {self.path}: no class sub-directories (expected DIR/<class>/<image>)"
-            )
-        self.source = source
-        self.labels = np.asarray(source.labels, dtype=np.int64)
-        self.classes = source.classes
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self, resolution: int, batch_size: int, num_workers: int, crop_ratio: float) -> Iterable:
-        """``(uint8 images (B, 3, R, R), labels)`` in file order: the centre ``crop_ratio`` of the short
-        side, resized to ``resolution`` (FFCV's centre-crop decoder for .beton; the torchvision equivalent
-        for folders)."""
-        if not self.is_folder:
-            from ..data.loader import eval_loader
-
-            return eval_loader(  # FFCV decodes in threads: at least one
-                self.path, batch_size, resolution, num_workers=max(1, num_workers), crop_ratio=crop_ratio
-            )
-        from torchvision.transforms import v2
-
-        transform = v2.Compose(
-            [
-                v2.PILToTensor(),
-                v2.Resize(max(resolution, round(resolution / crop_ratio)), antialias=True),
-                v2.CenterCrop(resolution),
-            ]
-        )
-        source = self.source
-
-        class Folder(torch.utils.data.Dataset):
-            def __len__(self) -> int:
-                return len(source.labels)
-
-            def __getitem__(self, index: int):
-                return transform(source.open(index).convert("RGB")), source.labels[index]
-
-        return torch.utils.data.DataLoader(Folder(), batch_size=batch_size, num_workers=num_workers)
+def open_split(path: Path, key: str, train=None):
+    """:func:`~mae_trainer.downstream.data.open_labelled` for the config field ``key``; the training
+    split (``train`` None) needs two labels or more."""
+    with about(key):
+        source = open_labelled(path, train=train)
+    if train is None and len(set(source.labels)) < 2:
+        raise ConfigError(key, path, "every sample has the same label (a probe needs 2+ classes)")
+    return source
 
 
 # ---------------------------------------------------------------------------------------------- command
 
 
-def load_encoder(args: argparse.Namespace):
+def load_encoder(config: ProbeConfig):
     """``(MAEModel, description)`` from ``--model DIR`` or ``--random-init PRESET``."""
-    from ..modeling import PRESETS, MAEConfig, MAEModel
+    from ..modeling import MAEConfig, MAEModel
 
-    if args.random_init is not None:
-        if args.random_init not in PRESETS:
-            raise UsageError(
-                f"--random-init {args.random_init!r}: unknown preset; choose one of {', '.join(PRESETS)}"
-            )
-        patch = PRESETS[args.random_init].get("patch_size", 16)
-        if args.image_size <= 0 or args.image_size % patch:
-            raise UsageError(
-                f"--image-size {args.image_size}: must be a positive multiple of the patch {patch}"
-            )
-        torch.manual_seed(args.seed)
-        config = MAEConfig.from_preset(args.random_init, image_size=args.image_size)
-        return MAEModel(config), f"random-init:{args.random_init}"
-    from ..modeling.loading import for_flag
-
-    return for_flag("--model", MAEModel.from_pretrained, args.model), str(args.model)
+    if config.random_init is not None:
+        with about("image_size"):
+            check_side(config.image_size, MAEConfig.from_preset(config.random_init).patch_size)
+        torch.manual_seed(config.seed)
+        model_config = MAEConfig.from_preset(config.random_init, image_size=config.image_size)
+        return MAEModel(model_config), f"random-init:{config.random_init}"
+    with about("model"):
+        return MAEModel.from_pretrained(config.model), str(config.model)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """Flag checks that need no file: fail before any model or image is read."""
-    if not (args.knn or args.linear):
-        raise UsageError("--knn / --linear: choose at least one probe")
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise UsageError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
-    if args.k < 1:
-        raise UsageError(f"--k {args.k}: must be at least 1")
-    if args.temperature <= 0:
-        raise UsageError(f"--temperature {args.temperature}: must be positive")
-    for flag in ("epochs", "batch_size", "extract_batch_size"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
-    if args.num_workers < 0:
-        raise UsageError(f"--num-workers {args.num_workers}: must be at least 0")
-    if args.lr <= 0:
-        raise UsageError(f"--lr {args.lr}: must be positive")
-    if not 0 < args.crop_ratio <= 1:
-        raise UsageError(f"--crop-ratio {args.crop_ratio}: must be in (0, 1]")
-    if args.output is not None and args.output.is_dir():
-        raise UsageError(f"--output {args.output}: is a directory")
-
-
-def run(args: argparse.Namespace) -> dict:
+def run(config: ProbeConfig) -> dict:
     """Probe the encoder, print one JSON line per probe and return ``{probe name: result}``."""
-    check_arguments(args)
-    train = LabelledData(args.train, "--train")
-    val = LabelledData(args.val, "--val") if args.val is not None else None
-    if val is not None and train.classes and val.classes and list(train.classes) != list(val.classes):
-        raise UsageError(f"--val {args.val}: classes {val.classes} differ from --train's {train.classes}")
+    train = open_split(config.train, "train")
+    val = open_split(config.val, "val", train) if config.val is not None else None
     if val is None:
-        train_index, val_index = stratified_split(train.labels, args.val_fraction, args.seed)
+        train_index, val_index = stratified_split(train.labels, config.val_fraction, config.seed)
         if len(val_index) == 0:
-            raise UsageError(f"--val-fraction {args.val_fraction}: holds out no sample of {args.train}")
+            raise ConfigError("val_fraction", config.val_fraction, f"holds out no sample of {config.train}")
         train_count = len(train_index)
     else:
         train_count = len(train)
-    if args.knn and args.k > train_count:
-        raise UsageError(f"--k {args.k}: larger than the {train_count} training samples")
+    if config.knn and config.k > train_count:
+        raise ConfigError("k", config.k, f"larger than the {train_count} training samples")
 
-    encoder, description = load_encoder(args)
-    resolution = args.resolution or encoder.config.image_size
-    patch = encoder.config.patch_size
-    if resolution <= 0 or resolution % patch:
-        raise UsageError(f"--resolution {resolution}: must be a positive multiple of the patch size {patch}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder, description = load_encoder(config)
+    resolution = config.resolution or encoder.config.image_size
+    with about("resolution"):
+        check_side(resolution, encoder.config.patch_size)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     start = time.perf_counter()
-    loading = (resolution, args.extract_batch_size, args.num_workers, args.crop_ratio)
-    train_f, train_y = extract_features(encoder, train.batches(*loading), args.pool, device)
+    loading = (resolution, config.extract_batch_size, config.num_workers, config.crop_ratio)
+    train_f, train_y = extract_features(encoder, centre_crop_batches(train, *loading), config.pool, device)
     if val is None:
         val_f, val_y = train_f[val_index], train_y[val_index]
         train_f, train_y = train_f[train_index], train_y[train_index]
     else:
-        val_f, val_y = extract_features(encoder, val.batches(*loading), args.pool, device)
+        val_f, val_y = extract_features(encoder, centre_crop_batches(val, *loading), config.pool, device)
     extract_seconds = time.perf_counter() - start
 
     common = {
         "encoder": description,
-        "pool": args.pool,
+        "pool": config.pool,
         "resolution": resolution,
         "train_samples": len(train_f),
         "val_samples": len(val_f),
-        "val": str(args.val) if args.val is not None else f"{args.val_fraction} of --train",
+        "val": str(config.val) if config.val is not None else f"{config.val_fraction} of --train",
         "classes": int(max(train_y.max(), val_y.max())) + 1,
         "feature_dim": int(train_f.shape[1]),
         "extract_seconds": round(extract_seconds, 2),
     }
     results = {}
-    if args.knn:
+    if config.knn:
         start = time.perf_counter()
-        top1 = knn_top1(train_f, train_y, val_f, val_y, args.k, args.temperature)
+        top1 = knn_top1(train_f, train_y, val_f, val_y, config.k, config.temperature)
         results["knn"] = {
             "probe": "knn",
             "top1": round(top1, 4),
-            "k": args.k,
-            "temperature": args.temperature,
+            "k": config.k,
+            "temperature": config.temperature,
             **common,
             "seconds": round(time.perf_counter() - start, 2),
         }
-    if args.linear:
+    if config.linear:
         start = time.perf_counter()
         top1 = linear_probe_top1(
-            train_f, train_y, val_f, val_y, args.epochs, args.lr, args.batch_size, args.seed
+            train_f, train_y, val_f, val_y, config.epochs, config.lr, config.batch_size, config.seed
         )
         results["linear"] = {
             "probe": "linear",
             "top1": round(top1, 4),
-            "epochs": args.epochs,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_size": config.batch_size,
             **common,
             "seconds": round(time.perf_counter() - start, 2),
         }
     for result in results.values():
         print(json.dumps(result), flush=True)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    if config.output is not None:
+        config.output.parent.mkdir(parents=True, exist_ok=True)
+        config.output.write_text(json.dumps(results, indent=2) + "\n")
     return results

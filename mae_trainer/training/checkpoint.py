@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import TrainingError, UsageError, is_lost_peer
+from ..errors import InputError, TrainingError, is_lost_peer
 from ..publish import publish_text
 
 STATE_FILE = "trainer_state.json"
@@ -42,7 +42,7 @@ def resolve_resume(spec: str | None, root: Path) -> Path | None:
         return found[-1] if found else None
     path = Path(spec)
     if not (path / STATE_FILE).is_file():
-        raise UsageError(f"--resume {path}: not a complete checkpoint (no {STATE_FILE})")
+        raise InputError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
     return path
 
 
@@ -56,7 +56,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def check_compatible(path: Path, current_config: dict) -> dict:
-    """The checkpoint's state, or ``UsageError`` naming the model-config keys that differ."""
+    """The checkpoint's state, or ``InputError`` naming the model-config keys that differ."""
     state = read_state(path)
     current_config = json.loads(json.dumps(current_config))  # as it would read back (e.g. str dict keys)
     diff = config_differences(state["model_config"], current_config)
@@ -64,7 +64,7 @@ def check_compatible(path: Path, current_config: dict) -> dict:
         details = ", ".join(
             f"{k}: {state['model_config'].get(k)!r} → {current_config.get(k)!r}" for k in diff
         )
-        raise UsageError(f"--resume {path}: the model config differs from the checkpoint's ({details})")
+        raise InputError(f"{path}: the model config differs from the checkpoint's ({details})")
     return state
 
 

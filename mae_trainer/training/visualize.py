@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from ..data.loader import normalize, stats_tensor
+from ..data.normalize import normalize, stats_tensor
 from ..modeling import MAEForPreTraining
 from ..publish import publishing
 

@@ -18,6 +18,7 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
+from numba import njit
 
 from .native import REGION_FIELDS, crop_decode, resize_area, resize_bicubic
 
@@ -92,12 +93,25 @@ def compile_sample_decoder(interpolation: str = "area", crop: bool = True) -> Ca
     return Compiler.compile(decode_sample)
 
 
+@njit(nogil=True)
+def _nothing_before(batch_indices, position):
+    return
+
+
+@njit(nogil=True)
+def _nothing_after(image):
+    return
+
+
 class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
     """RandomResizedCrop to ``output_size`` (uint8 HWC) that, for JPEG samples, decodes only the crop
     (libjpeg crop/skip scanlines, DCT scaling when the crop is at least twice the output) and then resizes
     it: by default with OpenCV's INTER_AREA filter, as FFCV; ``interpolation="bicubic"``: PIL's bicubic.
     Raw samples, and JPEGs the crop decoder rejects, take FFCV's stock path. ``crop_decode=False`` decodes
-    every JPEG fully (FFCV's path, same crops and resampling): the reference crop decode is compared with."""
+    every JPEG fully (FFCV's path, same crops and resampling): the reference crop decode is compared with.
+
+    The one decode body of both decodes, and of the seeded decoder
+    (:class:`mae_trainer.data.augment.SeededRandomResizedCrop`, which adds per-sample hooks)."""
 
     def __init__(self, output_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "area",
                  crop_decode: bool = True):  # fmt: skip
@@ -111,17 +125,25 @@ class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
         state, (output, scratch) = super().declare_state_and_memory(previous_state)
         return state, (output, scratch, AllocationQuery((REGION_FIELDS,), np.dtype("<i8")))
 
+    def sample_hooks(self) -> tuple[Callable, Callable]:
+        """Compiled ``(before, after)`` run for each sample: ``before(batch_indices, position)`` ahead of
+        drawing its crop, ``after(image)`` on its output. Here none: crops come from numba's random state as
+        it is, as with FFCV's stock decoder."""
+        return _nothing_before, _nothing_after
+
     def generate_code(self) -> Callable:
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         decode_sample_c = compile_sample_decoder(self.interpolation, crop=self.crop_decode)
         get_crop_c = Compiler.compile(self.get_crop_generator)
+        before_c, after_c = self.sample_hooks()
         scale = np.array(self.scale)
         ratio = np.array(self.ratio)
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, scratch, regions = my_storage
             for dst_ix in my_range(len(batch_indices)):
+                before_c(batch_indices, dst_ix)
                 field = metadata[batch_indices[dst_ix]]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 height = np.uint32(field["height"])
@@ -131,6 +153,7 @@ class CropDecodeRGBImageDecoder(RandomResizedCropRGBImageDecoder):
                     image_data, field["mode"], height, width, i, j, h, w,
                     scratch[dst_ix], regions[dst_ix], destination[dst_ix],
                 )  # fmt: skip
+                after_c(destination[dst_ix])
             return destination[: len(batch_indices)]
 
         decode.is_parallel = True

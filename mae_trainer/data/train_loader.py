@@ -1,0 +1,142 @@
+"""The training loader (``ProgressiveLoader``): an FFCV loader over a ``.beton`` whose epochs follow a
+resolution schedule, and the batches it yields (``Batch``), each carrying its epoch's :class:`Stage`.
+
+Each epoch: ``stage = schedule.stage(epoch)`` once, :meth:`ProgressiveLoader.set_stage` sets FFCV's batch
+size and the crop decoder's output size, then FFCV iterates. FFCV reads both only when an epoch's iteration
+starts (``Loader.__iter__``: the order from the sampler, then ``len(loader)`` batches of ``batch_size``,
+then buffers allocated from the decoder's ``output_size``), so nothing is recompiled between stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .sampler import ShardedSampler
+from .schedules import ResolutionSchedule, Stage
+
+
+@dataclass
+class Batch:
+    """One batch and the stage it belongs to. ``images`` are uint8 ``(B, 3, R, R)``, ``R`` the stage's
+    resolution and ``B`` its batch size."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    stage: Stage
+    epoch: int
+    index: int  # batch index within the epoch
+
+    @property
+    def resolution(self) -> int:
+        return self.stage.resolution
+
+    @property
+    def mask_ratio(self) -> float:
+        return self.stage.mask_ratio
+
+
+class ProgressiveLoader:
+    """FFCV loader over a ``.beton``, in the order of a :class:`ShardedSampler`, one stage per epoch.
+
+    RandomResizedCrop (MAE's scale 0.2–1, ratio 3/4–4/3) and horizontal flip, drawn reproducibly from
+    ``seed`` (:mod:`mae_trainer.data.augment`), uint8 output; normalisation happens on the device in the
+    training step. ``crop_decode`` decodes only the crop of JPEG samples (same crops, seeded the same way).
+    ``interpolation`` resizes the crops: ``"bicubic"`` (reference MAE's PIL bicubic) or ``"area"``.
+    ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
+    ``output_size`` between epochs.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        schedule: ResolutionSchedule,
+        *,
+        num_workers: int = 2,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        os_cache: bool = True,
+        batches_ahead: int = 2,
+        decoder=None,
+        crop_decode: bool = False,
+        interpolation: str = "bicubic",
+    ):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.loader import Loader
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+        from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
+
+        self.schedule = schedule
+        self.sampler = ShardedSampler(seed=seed, rank=rank, world_size=world_size)
+        first = schedule.stage(0)
+        if decoder is None:
+            decoder = SeededRandomResizedCrop(
+                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed, crop_decode=crop_decode,
+                interpolation=interpolation,
+            )  # fmt: skip
+        self.decoder = decoder
+        image_pipeline = [decoder]
+        if not getattr(decoder, "includes_flip", False):
+            image_pipeline.append(RandomHorizontalFlip())
+        pipelines = {
+            "image": [*image_pipeline, ToTensor(), ToTorchImage(channels_last=False)],
+            "label": [IntDecoder(), ToTensor(), Squeeze(1)],
+        }
+        self.loader = Loader(
+            str(path),
+            batch_size=first.batch_size,
+            num_workers=num_workers,
+            order=self.sampler,
+            os_cache=os_cache,
+            batches_ahead=batches_ahead,
+            drop_last=True,
+            pipelines=pipelines,
+        )
+        self.set_stage(first)
+        self.position = (0, 0)  # (epoch, batches consumed in it)
+
+    def set_stage(self, stage: Stage) -> None:
+        """Make the next epoch ``stage``'s: FFCV's ``batch_size`` and the decoder's ``output_size``."""
+        self.loader.batch_size = stage.batch_size
+        self.decoder.output_size = (stage.resolution, stage.resolution)
+        self.stage = stage
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Whole batches of ``epoch`` on this rank (its stage's batch size; a resume point not counted)."""
+        return self.sampler.batches(self.schedule.stage(epoch).batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The batches of ``epoch`` (from the resume point when one was loaded for it)."""
+        stage = self.schedule.stage(epoch)
+        self.set_stage(stage)
+        start = self.sampler.start_batch(epoch)
+        self.loader.next_epoch = epoch
+        self.position = (epoch, start)
+        for index, (images, labels) in enumerate(self.loader, start=start):
+            self.position = (epoch, index + 1)
+            yield Batch(images, labels, stage, epoch, index)
+        self.sampler.resume_at(-1, 0)
+
+    def state_dict(self) -> dict:
+        epoch, batch = self.position
+        return {
+            "epoch": epoch,
+            "batch": batch,
+            "seed": self.sampler.seed,
+            "world_size": self.sampler.world_size,
+            "schedule": self.schedule.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world_size"] != self.sampler.world_size or state["seed"] != self.sampler.seed:
+            raise ValueError(
+                f"cannot resume a sampler saved with seed {state['seed']} on {state['world_size']} "
+                f"rank(s) with seed {self.sampler.seed} on {self.sampler.world_size}"
+            )
+        self.sampler.resume_at(state["epoch"], state["batch"])
+        self.position = (state["epoch"], state["batch"])
