@@ -200,7 +200,10 @@ class TrainingConfig(RunConfig):
         1.5e-4, "base lr: lr = blr × effective batch / 256", check=positive, group="optimisation"
     )
     lr: float | None = option(
-        None, "absolute peak lr (overrides --blr)", check=positive, group="optimisation"
+        None,
+        "absolute peak lr (overrides --blr; 0 keeps the weights)",
+        check=at_least(0),
+        group="optimisation",
     )
     min_lr: float = option(0.0, "lr at the end of the cosine", check=at_least(0), group="optimisation")
     warmup_epochs: float = option(40.0, "epochs of linear lr warmup", check=at_least(0), group="optimisation")

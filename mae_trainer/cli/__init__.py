@@ -77,16 +77,18 @@ def _reconstruct(args: argparse.Namespace) -> None:
     from ..data.schedules import check_side
     from ..modeling import MAEForPreTraining
     from ..modeling.loading import for_flag
+    from ..publish import check_output_dir
     from ..training.pretrain import fixed_images
     from ..training.visualize import reconstruction_grid, save_png
 
-    model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
+    with flagged("--output"):
+        check_output_dir(args.output.parent)
     with flagged("--data"):
         check_beton(args.data)
+    model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
     resolution = args.resolution or model.config.image_size
     with flagged("--resolution"):
         check_side(resolution, model.config.patch_size)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     save_png(reconstruction_grid(model, fixed_images(args.data, resolution, args.count)), args.output)
     print(f"reconstruction grid: {args.output}")
 

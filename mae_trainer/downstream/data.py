@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from ..data.write import HFDatasetSource, ImageSource, image_folder_source, to_rgb
-from ..errors import InputError, UsageError
+from ..errors import InputError
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # the reference MAE fine-tune's RandAugment policy
 
@@ -104,10 +104,7 @@ def open_labelled(
 def _image_folder(root: Path) -> ImageSource:
     if not any(p.is_dir() for p in root.iterdir()):
         raise InputError(f"{root}: no class sub-directories (expected {root}/<class>/<image>)")
-    try:
-        return image_folder_source(root)
-    except UsageError as err:  # the writer's messages name --source
-        raise InputError(str(err).removeprefix("--source ")) from None
+    return image_folder_source(root)
 
 
 def _saved_dataset(path: Path, split: str | None, image_column: str, label_column: str) -> ImageSource:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, FinetuneConfig, about
 from ..data.schedules import check_side
-from ..training.engine import Engine
+from ..publish import publish_text
+from ..training.engine import Engine, check_output
 from ..training.schedules import scaled_lr
 from .data import LabelledImages, eval_transform, open_labelled, train_transform
 from .probe import stratified_split
@@ -32,10 +33,7 @@ def check(config: FinetuneConfig) -> None:
 
     with about("model"):
         resolve_saved_model(config.model)  # folder or Hub id, ours or vit_mae, weights intact
-    if (config.output_dir / "model.safetensors").exists() and not config.overwrite:
-        raise ConfigError(
-            "output_dir", config.output_dir, "already holds a model (pass --overwrite to replace it)"
-        )
+    check_output(config)
 
 
 def open_split(config: FinetuneConfig, key: str, train=None):
@@ -115,21 +113,22 @@ def run(config: FinetuneConfig) -> dict:
         if not val_idx:
             raise ConfigError("val_fraction", config.val_fraction, f"holds out no image of {config.train}")
 
-    engine = Engine(config, micro_batch=batch_size, name="finetune", metric_prefix="train/")
-    set_seed(config.seed)
-    model = load_model(config, source.classes)
-    model_config = model.config
-    resolution = config.resolution or model_config.image_size
-    with about("resolution"):
-        check_side(resolution, model_config.patch_size)
-    per_step = batch_size * engine.num_processes * config.grad_accum
+    world = world_size()
+    per_step = batch_size * world * config.grad_accum
     if len(train_idx) < per_step:
         raise ConfigError(
             "batch_size",
             batch_size,
-            f"{engine.num_processes} process(es) × {config.grad_accum} accumulation need {per_step} training "
-            f"images; {config.train} has {len(train_idx)}",
+            f"{world} process(es) × {config.grad_accum} accumulation need {per_step} training images; "
+            f"{config.train} has {len(train_idx)}",
         )
+    set_seed(config.seed)
+    model = load_model(config, source.classes)  # before the engine: a refused model leaves no output folder
+    model_config = model.config
+    resolution = config.resolution or model_config.image_size
+    with about("resolution"):
+        check_side(resolution, model_config.patch_size)
+    engine = Engine(config, micro_batch=batch_size, name="finetune", metric_prefix="train/")
     set_seed(config.seed, device_specific=True)  # augmentation and mixup differ per rank
 
     mean, std = model_config.image_mean, model_config.image_std
@@ -214,6 +213,6 @@ def run(config: FinetuneConfig) -> dict:
             engine.save_model(model, type(engine.accelerator.unwrap_model(model)), model_config, "best")
     engine.finish()
     if engine.is_main:
-        (config.output_dir / "results.json").write_text(json.dumps(best, indent=2))
+        publish_text(config.output_dir / "results.json", json.dumps(best, indent=2))
         print(json.dumps({"finetune": "best", **best}), flush=True)
     return best

@@ -278,6 +278,7 @@ def run(config: ProbeConfig) -> dict:
     for result in results.values():
         print(json.dumps(result), flush=True)
     if config.output is not None:
-        config.output.parent.mkdir(parents=True, exist_ok=True)
-        config.output.write_text(json.dumps(results, indent=2) + "\n")
+        from ..publish import publish_text
+
+        publish_text(config.output, json.dumps(results, indent=2) + "\n")  # makes missing parents
     return results

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainingConfig
+from ..config import ConfigError, TrainingConfig, about
 from ..errors import TrainingError
+from ..publish import check_output_dir, publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
 from .schedules import warmup_cosine_lr
 
@@ -34,6 +34,17 @@ def world_size() -> int:
     """Ranks of this run as the launcher announces them (1 without a launcher), known before any process
     group exists, so that checks depending on it fail before any work."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_output(config: TrainingConfig) -> None:
+    """``--output-dir`` can hold this run's files, and holds no model unless ``--overwrite``."""
+    if os.environ.get("RANK", "0") == "0":  # the probe creates and removes files: one rank, no race
+        with about("output_dir"):
+            check_output_dir(config.output_dir)
+    if (config.output_dir / "model.safetensors").exists() and not config.overwrite:
+        raise ConfigError(
+            "output_dir", config.output_dir, "already holds a model (pass --overwrite to replace it)"
+        )
 
 
 def make_accelerator(config: TrainingConfig, micro_batch: int, tracker: str):
@@ -288,13 +299,10 @@ class Engine:
                 )
         elif accelerator.is_main_process:
             final = accelerator.unwrap_model(model).float()
-        if final is not None:
-            partial = self.output_dir / ".model.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            final.save_pretrained(partial, safe_serialization=True)
-            for item in partial.iterdir():  # config first, weights last: a model file means a complete save
-                item.replace(self.output_dir / item.name)
-            partial.rmdir()
+        if final is not None:  # config first, weights last: a model file means a complete save
+            publish_folder(
+                self.output_dir, lambda folder: final.save_pretrained(folder, safe_serialization=True)
+            )
         accelerator.wait_for_everyone()
         return final
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import ConfigError, PretrainConfig, about
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
 from .checkpoint import check_compatible, resolve_resume
+from .engine import check_output
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -87,7 +88,7 @@ def check(config: PretrainConfig, world: int) -> Plan:
         from huggingface_hub.errors import HFValidationError
         from huggingface_hub.utils import validate_repo_id
 
-        from ..hub import resolve_token
+        from ..hub import check_endpoint, resolve_token
 
         try:
             validate_repo_id(config.push_to_hub)
@@ -95,12 +96,11 @@ def check(config: PretrainConfig, world: int) -> Plan:
             raise ConfigError("push_to_hub", repr(config.push_to_hub), str(err)) from None
         with about("hub_token"):
             resolve_token(config.hub_token)  # fail now, not after a day of training
+        with about("hub_endpoint"):
+            check_endpoint(config.hub_endpoint)
     with about("resume"):
         resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
-    if (config.output_dir / "model.safetensors").exists() and not config.overwrite:
-        raise ConfigError(
-            "output_dir", config.output_dir, "already holds a model (pass --overwrite to replace it)"
-        )
+    check_output(config)
     return Plan(batch_size, schedule, batches, resume)
 
 
@@ -312,9 +312,10 @@ def write_resolved_config(config: PretrainConfig, path: Path) -> None:
     used) as a recipe: ``mae-trainer pretrain --recipe OUTPUT/resolved_config.yaml`` repeats the run."""
     import yaml
 
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(
+    from ..publish import publish_text
+
+    publish_text(
+        path,
         "# Resolved settings of this run (mae-trainer pretrain --recipe THIS_FILE repeats it)\n"
-        + yaml.safe_dump(config.to_recipe(), sort_keys=False)
+        + yaml.safe_dump(config.to_recipe(), sort_keys=False),
     )
-    partial.replace(path)
