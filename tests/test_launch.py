@@ -131,6 +131,20 @@ def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert {(r["resolution"], r["mask_ratio"], r["batch_size"]) for r in records} == {(64, 0.5, 8)}
+    # model FLOPs of the stage (tiny, 64 px, mask 0.5) and the rate they give with images/s; no MFU on CPU
+    from mae_trainer import MAEConfig
+    from mae_trainer.modeling.flops import mae_training_flops_per_image
+
+    gflops = mae_training_flops_per_image(MAEConfig.from_preset("tiny"), 64, 0.5) / 1e9
+    for r in records:
+        assert r["gflops_per_image"] == pytest.approx(gflops) and r["tflops_per_rank"] > 0
+        assert r["tflops_per_rank"] == pytest.approx(r["gflops_per_image"] * r["images_per_s"] / 1000)
+        assert "mfu" not in r
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"train/gflops_per_image", "train/tflops_per_rank"} <= set(events.Tags()["scalars"])
     assert (out / "model.safetensors").exists() and not (out / "reconstruction.png").exists()
     # a second run into the same directory is refused rather than overwriting the model
     again = launch("cpu_1proc.yaml", "--recipe", str(recipe), "--output-dir", str(out))

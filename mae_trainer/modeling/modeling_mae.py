@@ -47,12 +47,19 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = Tr
     return table.float().unsqueeze(0)
 
 
+def kept_patches(num_patches: int, mask_ratio: float) -> int:
+    """How many of ``num_patches`` the encoder sees at ``mask_ratio``: rounded down, as the reference MAE,
+    after a 1e-6 allowance for the ratio's decimal rounding (a constant-visible stage's 0.5556 of 9 patches
+    keeps the 4 it means, not int(3.9996) = 3)."""
+    return int(num_patches * (1 - mask_ratio) + 1e-6)
+
+
 def random_masking(num_patches: int, mask_ratio: float, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-sample random masking by argsort of ``noise`` (small noise = kept), as the reference MAE.
 
     Returns ``ids_keep (B, n_keep)``, ``mask (B, L)`` with 1 = hidden, and ``ids_restore (B, L)``.
     """
-    len_keep = int(num_patches * (1 - mask_ratio))
+    len_keep = kept_patches(num_patches, mask_ratio)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones_like(noise)

@@ -28,6 +28,7 @@ from ..errors import TrainingError
 from ..publish import check_output_dir, publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
 from .schedules import warmup_cosine_lr
+from .throughput import window_throughput
 
 
 def world_size() -> int:
@@ -174,10 +175,14 @@ class Engine:
                 return
             yield batch
 
-    def micro_step(self, model, optimizer, forward: Callable, images: int, where: str):
+    def micro_step(
+        self, model, optimizer, forward: Callable, images: int, where: str, flops_per_image: float = 0.0
+    ):
         """One micro-step: ``forward()`` (returns an output with ``.loss``), the finite-loss stop,
         backward, and the optimizer step when accumulation is complete (``self.step`` then advances).
-        Returns ``(output, stepped)``. ``where`` names the batch in a non-finite-loss report."""
+        Returns ``(output, stepped)``. ``where`` names the batch in a non-finite-loss report;
+        ``flops_per_image`` (the model's training FLOPs per image, when the caller knows them) adds the
+        achieved rate to the log (``throughput.py``)."""
         accelerator = self.accelerator
         with accelerator.accumulate(model):
             output = forward()
@@ -196,6 +201,7 @@ class Engine:
         self.add("loss", loss.detach().float())
         self.window["micro"] += 1
         self.window["images"] += images * self.num_processes
+        self.window["flops"] += flops_per_image * images * self.num_processes
         if not accelerator.sync_gradients:
             return output, False
         self.step += 1
@@ -225,7 +231,7 @@ class Engine:
     # -------------------------------------------------------------------------------------- metrics
 
     def _new_window(self) -> None:
-        self.window = {"sums": {}, "micro": 0, "images": 0, "wait": 0.0}
+        self.window = {"sums": {}, "micro": 0, "images": 0, "wait": 0.0, "flops": 0.0}
         self.window_start = time.perf_counter()
 
     def add(self, name: str, value: torch.Tensor) -> None:
@@ -244,6 +250,11 @@ class Engine:
         record[self.prefix + "grad_norm"] = grad_norm
         record[self.prefix + "images_per_s"] = window["images"] / elapsed
         record[self.prefix + "data_wait_fraction"] = window["wait"] / elapsed
+        if window["flops"]:  # GFLOPs per image, TFLOP/s per rank, MFU on a known GPU
+            rates = window_throughput(
+                window["flops"], window["images"], elapsed, self.num_processes, self.device
+            )
+            record.update({self.prefix + k: v for k, v in rates.items()})
         record.update({self.prefix + k: v for k, v in extra.items()})
         self.write(record)
         self.progress.set_postfix(loss=f"{record[self.prefix + 'loss']:.4f}", lr=f"{self.lr:.2e}", **extra)

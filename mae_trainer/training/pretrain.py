@@ -120,6 +120,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from ..data.normalize import normalize, stats_tensor
     from ..data.train_loader import ProgressiveLoader
     from ..modeling import MAEConfig, MAEForPreTraining
+    from ..modeling.flops import mae_training_flops_per_image
     from .engine import Engine, world_size
     from .schedules import optimizer_steps_before, scaled_lr
     from .visualize import reconstruction_grid, save_png
@@ -226,6 +227,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 lambda: model(pixels, mask_ratio=batch.mask_ratio),  # noqa: B023 (called at once)
                 images=batch.images.shape[0],
                 where=f"epoch {epoch}, batch {batch.index}",
+                flops_per_image=mae_training_flops_per_image(
+                    model_config, batch.resolution, batch.mask_ratio
+                ),
             )
             if not stepped:
                 continue
