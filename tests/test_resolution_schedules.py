@@ -161,3 +161,20 @@ def test_batch_scaling_keeps_the_linear_lr_rule(tmp_path):
         else:
             expected = peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
         assert record["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15), record
+
+
+def test_constant_visible_stages_keep_the_reference_token_count():
+    """The model keeps the visible-token count a constant-visible stage stands for (at 48 px of a 64 px / 0.75
+    reference: 4 of 9 patches; a ratio rounded to 0.5556 would keep int(9 × 0.4444) = 3)."""
+    from mae_trainer.data.schedules import constant_visible_mask_ratio
+    from mae_trainer.modeling.modeling_mae import kept_patches
+
+    for side, reference, ratio, visible in [(48, 64, 0.75, 4), (160, 224, 0.75, 49), (192, 224, 0.75, 49)]:
+        schedule = ResolutionSchedule(
+            kind="steps", resolution=reference, mask_ratio=ratio, batch_size=8, patch_size=16,
+            steps=[(0, side, None), (1, reference, None)], constant_visible=True,
+        )  # fmt: skip
+        stage = schedule.stage(0)
+        assert stage.mask_ratio == constant_visible_mask_ratio(side, 16, reference, ratio)
+        assert kept_patches((side // 16) ** 2, stage.mask_ratio) == visible
+        assert kept_patches((reference // 16) ** 2, schedule.stage(1).mask_ratio) == visible

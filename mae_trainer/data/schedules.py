@@ -196,7 +196,7 @@ class ResolutionSchedule:
         batch = (
             scaled_batch_size(self.batch_size, res, self.resolution) if self.scale_batch else self.batch_size
         )
-        return Stage(resolution=res, mask_ratio=round(mask, 4), batch_size=batch)
+        return Stage(resolution=res, mask_ratio=mask, batch_size=batch)
 
     def max_resolution(self) -> int:
         return max(self.resolutions())

@@ -237,7 +237,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 engine.log(
                     epoch,
                     resolution=batch.resolution,
-                    mask_ratio=batch.mask_ratio,
+                    mask_ratio=round(batch.mask_ratio, 4),
                     batch_size=batch.images.shape[0],
                 )
             if (checkpoint_due or (config.save_every and engine.step % config.save_every == 0)) and (
