@@ -1,6 +1,6 @@
 """Do CPU minutes of MAE pre-training buy better features than random init? One JSON line.
 
-Real components end to end: the shapes set (:mod:`mae_trainer.data.shapes`: 8 shape classes at random size,
+Real components end to end: the shapes set (``benchmarks/shapes.py``: 8 shape classes at random size,
 position, rotation, aspect and colour on crops of real photos; raw pixels score near chance on it) is
 written to labelled .beton files; ``mae-trainer pretrain`` runs in a subprocess on the train split's
 images (labels unused); then ``mae-trainer probe``'s code runs the weighted k-NN and the linear probe on
@@ -40,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from shapes import ShapeSettings, photo_crops, write_shapes_beton
 
 from mae_trainer import MAEForPreTraining
 from mae_trainer.cli import parse_config
 from mae_trainer.data.normalize import normalize, stats_tensor
-from mae_trainer.data.shapes import ShapeSettings, photo_crops, write_shapes_beton
 from mae_trainer.downstream import probe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +73,46 @@ def kill_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=30)
+
+
+PAUSE_HOOK = ROOT / "tests" / "pause_hook"
+
+
+def pause_env(target: Path, marker: Path, when: str = "after") -> dict[str, str]:
+    """Environment entries under which a child process, and every Python process it starts, stops for good
+    just ``when`` (``"before"`` or ``"after"``) it ``os.replace``s something onto ``target`` (a checkpoint
+    being published), after creating ``marker`` (tests/pause_hook/sitecustomize.py). Wait for ``marker``
+    with :func:`wait_for`, then :func:`kill_tree`: the kill lands at that point however loaded the machine."""
+    path = os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
+    config = {"target": str(target), "when": when, "marker": str(marker)}
+    return {"PYTHONPATH": path, "MAE_TRAINER_TEST_PAUSE": json.dumps(config)}
+
+
+def output_tail(log: Path | None, chars: int = 3000) -> str:
+    if log is None or not log.exists():
+        return ""
+    return f"\n--- last output ({log}) ---\n" + log.read_text(errors="replace")[-chars:]
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    proc: subprocess.Popen,
+    what: str,
+    timeout: float = 900,
+    log: Path | None = None,
+) -> None:
+    """Return once ``condition()`` holds (a file the child creates at the moment that matters). Fail the test
+    with a message naming ``what`` and the tail of ``log`` if ``proc`` exits first, or after ``timeout``
+    seconds: a generous bound that only ends a test that would otherwise hang."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None and not condition():
+            pytest.fail(
+                f"waiting for {what}: the process exited with status {proc.returncode}{output_tail(log)}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(f"waiting for {what}: still not there after {timeout:.0f} s{output_tail(log)}")
+        time.sleep(0.05)
 
 
 def launch_cmd(config: str, *args: str) -> list[str]:

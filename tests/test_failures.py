@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, kill_tree, launch_cmd, small_embedded_beton
+from .conftest import ROOT, kill_tree, launch_cmd, pause_env, small_embedded_beton, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -64,27 +63,32 @@ def test_kill_during_save_then_read_only_disk_then_nan_loss(small_beton, tmp_pat
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
 
-    # 1. SIGKILL while step 4's checkpoint is being written: step 2's stays the resume point (on a loaded
-    #    machine the kill can land just after the rename; then step 4 is the complete one).
-    proc = subprocess.Popen(
-        command(small_beton, out),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    # 1. SIGKILL while step 4's checkpoint is being written: the run stops for good just before it publishes
+    #    step_00000004.tmp as step_00000004 (tests/pause_hook), and is killed there. Step 2's stays the
+    #    resume point.
+    marker = tmp_path / "paused"
+    log = tmp_path / "killed.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            command(small_beton, out),
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                **pause_env(ckpts / "step_00000004", marker, "before"),
+            },
+        )
     try:
-        deadline = time.time() + 600
-        while not (ckpts / "step_00000004.tmp").exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.001)
+        wait_for(marker.exists, proc, "the save of step 4 to reach its rename", log=log)
+        assert (ckpts / "step_00000004.tmp").is_dir()
+    finally:
         kill_tree(proc.pid)  # the launcher and its worker, mid-save
         proc.wait(timeout=60)
-    finally:
-        kill_tree(proc.pid)
     complete = [p.name for p in complete_checkpoints(ckpts)]
-    assert complete in (["step_00000002"], ["step_00000002", "step_00000004"]), complete
+    assert complete == ["step_00000002"], complete
     last = ckpts / complete[-1]
     last_step = int(last.name[len("step_") :])
     saved = digest(last)

@@ -126,8 +126,11 @@ def tails(nodes: list[Node], chars: int = 3000) -> str:
 
 
 def records(out: Path) -> list[dict]:
+    """The complete lines of ``metrics.jsonl``; read while rank 0 appends, the last one may be half
+    written."""
     path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
 FLAGS = (

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.shapes import SHAPES, TRAIN_PHOTOS, VAL_PHOTOS, ShapeSettings, shape_samples
 from mae_trainer.cli import main, parse_config
 from mae_trainer.config import ProbeConfig
-from mae_trainer.data.shapes import SHAPES, TRAIN_PHOTOS, VAL_PHOTOS, ShapeSettings, shape_samples
 from mae_trainer.downstream import probe
 
 SMALL = ShapeSettings(size=32)
@@ -82,8 +82,8 @@ def test_shapes_are_deterministic_balanced_and_held_out_photos_are_disjoint():
 def shapes_data(tmp_path_factory):
     """A labelled train/val pair of small shapes .beton files, an ImageFolder copy of the train split and a
     saved (untrained) tiny model at 32 px."""
+    from benchmarks.shapes import write_shapes_beton, write_shapes_folder
     from mae_trainer import MAEConfig, MAEForPreTraining
-    from mae_trainer.data.shapes import write_shapes_beton, write_shapes_folder
 
     root = tmp_path_factory.mktemp("shapes")
     write_shapes_beton(root / "train.beton", 48, "train", settings=SMALL)

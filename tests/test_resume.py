@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 from safetensors.torch import load_file
 
-from .conftest import BIN, ROOT, kill_tree, launch_cmd, run_cli, small_embedded_beton
+from .conftest import (
+    BIN,
+    ROOT,
+    kill_tree,
+    launch_cmd,
+    output_tail,
+    pause_env,
+    run_cli,
+    small_embedded_beton,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -20,31 +29,45 @@ FLAGS = (
 ).split()
 
 
-def start(data, out, *extra, launcher=None):
+def start(data, out, *extra, launcher=None, env=None):
+    """A pretraining run in the background, its output (stdout and stderr) going to ``out``'s sibling
+    ``<name>.log`` (a pipe that nobody reads while the run trains would fill up and stall it)."""
     cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
-    return subprocess.Popen(
-        [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    log = out.with_name(out.name + ".log")
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
+    proc.log = log
+    return proc
 
 
-def kill_after_checkpoint(proc, out, name="step_00000008", timeout=600):
-    deadline = time.time() + timeout
-    while not (out / "checkpoints" / name).exists():
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    kill_tree(proc.pid)  # the launcher and every worker, mid-epoch
-    proc.wait()
+def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None):
+    """Start a run that stops for good right after publishing checkpoint ``name`` (tests/pause_hook), wait
+    until it has, and SIGKILL the launcher and every worker there: no step after ``name`` ever runs."""
+    marker = out.with_name(out.name + ".paused")
+    paused = pause_env(out / "checkpoints" / name, marker, when="after")
+    proc = start(data, out, *extra, launcher=launcher, env=paused)
+    try:
+        wait_for(marker.exists, proc, f"checkpoint {name} to be published", log=proc.log)
+    finally:
+        kill_tree(proc.pid)  # the launcher and every worker, mid-epoch
+        proc.wait()
 
 
-def finish(proc):
-    out, _ = proc.communicate(timeout=900)
+def finish(proc, timeout=900):
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        pytest.fail(f"run still going after {timeout} s{output_tail(proc.log)}")
+    out = proc.log.read_text()
     assert proc.returncode == 0, out[-4000:]
     return out
 
@@ -60,7 +83,7 @@ def test_fp32_single_process_resume_is_bitwise(small_beton, tmp_path):
     reference = tmp_path / "reference"
     finish(start(small_beton, reference))
     interrupted = tmp_path / "interrupted"
-    kill_after_checkpoint(start(small_beton, interrupted), interrupted)
+    kill_after_checkpoint(small_beton, interrupted)
     assert not (interrupted / "model.safetensors").exists()
     log = finish(start(small_beton, interrupted, "--resume", "auto"))
     assert "resumed from" in log
@@ -79,9 +102,7 @@ def test_two_rank_bf16_resume(small_beton, tmp_path):
     reference = tmp_path / "reference"
     finish(start(small_beton, reference, launcher="cpu_2proc.yaml"))
     interrupted = tmp_path / "interrupted"
-    kill_after_checkpoint(
-        start(small_beton, interrupted, launcher="cpu_2proc.yaml"), interrupted, name="step_00000004"
-    )
+    kill_after_checkpoint(small_beton, interrupted, launcher="cpu_2proc.yaml", name="step_00000004")
     finish(start(small_beton, interrupted, "--resume", "auto", launcher="cpu_2proc.yaml"))
     ours, theirs = load_file(interrupted / "model.safetensors"), load_file(reference / "model.safetensors")
     gap = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
@@ -118,7 +139,7 @@ def test_resume_with_gradient_accumulation_is_exact(data, launcher, kill_at, req
     reference = tmp_path / "reference"
     finish(start(data, reference, *accumulate, launcher=launcher))
     interrupted = tmp_path / "interrupted"
-    kill_after_checkpoint(start(data, interrupted, *accumulate, launcher=launcher), interrupted, name=kill_at)
+    kill_after_checkpoint(data, interrupted, *accumulate, launcher=launcher, name=kill_at)
     saved = json.loads((interrupted / "checkpoints" / kill_at / "trainer_state.json").read_text())
     assert saved["sampler"]["epoch"] == 1 and saved["sampler"]["batch"] == 1  # a step boundary in epoch 1
     log = finish(start(data, interrupted, *accumulate, "--resume", "auto", launcher=launcher))
@@ -128,7 +149,7 @@ def test_resume_with_gradient_accumulation_is_exact(data, launcher, kill_at, req
 
 def test_changed_model_config_is_refused(small_beton, tmp_path):
     out = tmp_path / "run"
-    kill_after_checkpoint(start(small_beton, out), out, name="step_00000004")
+    kill_after_checkpoint(small_beton, out, name="step_00000004")
     result = run_cli(
         "pretrain",
         "--data",

@@ -4,8 +4,6 @@ determinism, resume, stages — on real .beton files and with 2 real ranks (torc
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
@@ -140,9 +138,8 @@ def test_stage_change_and_resume_inside_each_stage(indexed_beton):
         ]
 
 
-def _rank_main(rank: int, world: int, port: int, path: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def _rank_main(rank: int, world: int, store: str, path: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     loader = ProgressiveLoader(path, schedule(), num_workers=1)  # rank and world from torch.distributed
     result = {"epoch0": [b.labels.tolist() for b in loader.epoch(0)]}
     it = loader.epoch(1)
@@ -161,11 +158,10 @@ def _rank_main(rank: int, world: int, port: int, path: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_real_ranks(indexed_beton, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "ranks")
-    mp.start_processes(_rank_main, args=(2, port, str(indexed_beton), out), nprocs=2, start_method="spawn")
+    # rendezvous through a file, not a port found free and released: another process may take that port
+    # before rank 0 binds it
+    store, out = str(tmp_path / "store"), str(tmp_path / "ranks")
+    mp.start_processes(_rank_main, args=(2, store, str(indexed_beton), out), nprocs=2, start_method="spawn")
     ranks = [json.loads(open(f"{out}.{r}").read()) for r in (0, 1)]
     for epoch in ("epoch0", "epoch1_full"):
         seen = [{lbl for batch in r[epoch] for lbl in batch} for r in ranks]

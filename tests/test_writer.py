@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from PIL import Image
 from mae_trainer.data.demo import load_photo
 from mae_trainer.data.write import WriteSettings, image_folder_source, resolve_source, write_beton
 
-from .conftest import BIN, ROOT, run_cli, run_main
+from .conftest import BIN, ROOT, output_tail, run_cli, run_main, wait_for
 from .test_cli import assert_one_line_error
 
 
@@ -178,9 +177,11 @@ def test_write_dataset_refuses_outputs_it_cannot_write(jpeg_folder, tmp_path, ca
     assert blocker.read_text() == "kept" and (taken / "inside").read_text() == "kept too"
 
 
-def start_long_write(tmp_path):
+def start_long_write(tmp_path, log):
     """A real ``write-dataset`` run that lasts ~20 s (2000 hard links to one 500x400 photo, one worker),
-    returned once its hidden partial output exists: interrupting it then always lands mid-write."""
+    returned once its hidden partial output exists: FFCV's writer creates it after our signal handlers are
+    in place and before the first image, so interrupting it then always lands mid-write. Its stderr goes
+    to ``log`` (a pipe left unread while we wait could fill up and stall it)."""
     import os
 
     src = tmp_path / "many" / "x"
@@ -188,36 +189,41 @@ def start_long_write(tmp_path):
     load_photo("astronaut.png").resize((500, 400)).save(src / "0.jpg", quality=90)
     for i in range(1, 2000):
         os.link(src / "0.jpg", src / f"{i}.jpg")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mae-trainer"),
-            "write-dataset",
-            "--source",
-            str(src.parent),
-            "--output",
-            str(tmp_path / "big.beton"),
-            "--num-workers",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while not list(tmp_path.glob(".big.beton.partial-*")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()[-2000:]
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "mae-trainer"),
+                "write-dataset",
+                "--source",
+                str(src.parent),
+                "--output",
+                str(tmp_path / "big.beton"),
+                "--num-workers",
+                "1",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )
+    wait_for(lambda: any(tmp_path.glob(".big.beton.partial-*")), proc, "the partial output file", log=log)
+    assert proc.poll() is None, "finished before it could be interrupted" + output_tail(log)
     return proc
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_write_leaves_no_file(tmp_path, signum, status):
+def test_interrupted_write_leaves_no_file(tmp_path, tmp_path_factory, signum, status):
     """Ctrl-C or SIGTERM half-way through a real write: no output, no partial file, 128 + the signal."""
-    proc = start_long_write(tmp_path)
+    log = tmp_path_factory.mktemp("log") / "write.log"
+    proc = start_long_write(tmp_path, log)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"write-dataset still running 600 s after signal {signum}{output_tail(log)}")
+    err = log.read_text()
     assert proc.returncode == status, err[-2000:]
     assert "mae-trainer: interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many"]

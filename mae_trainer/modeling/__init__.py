@@ -1,23 +1,24 @@
-"""MAE models and their registration with transformers' Auto classes."""
+"""MAE models. Names are imported on first use (PEP 562), so ``mae_trainer.modeling.configuration_mae`` can be
+imported without torch's models or timm; registration with transformers' Auto classes is done by
+``mae_trainer._auto_register`` when transformers imports them."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+from __future__ import annotations
 
-from .configuration_mae import PRESETS, MAEConfig
-from .modeling_mae import (
-    MAEForImageClassification,
-    MAEForPreTraining,
-    MAEForPreTrainingOutput,
-    MAEImageClassifierOutput,
-    MAEModel,
-    MAEModelOutput,
-    MAEPreTrainedModel,
-    sincos_pos_embed_2d,
-)
+import importlib
+from typing import TYPE_CHECKING
 
-AutoConfig.register(MAEConfig.model_type, MAEConfig, exist_ok=True)
-AutoModel.register(MAEConfig, MAEModel, exist_ok=True)
-AutoModelForPreTraining.register(MAEConfig, MAEForPreTraining, exist_ok=True)
-AutoModelForImageClassification.register(MAEConfig, MAEForImageClassification, exist_ok=True)
+if TYPE_CHECKING:
+    from .configuration_mae import PRESETS, MAEConfig
+    from .modeling_mae import (
+        MAEForImageClassification,
+        MAEForPreTraining,
+        MAEForPreTrainingOutput,
+        MAEImageClassifierOutput,
+        MAEModel,
+        MAEModelOutput,
+        MAEPreTrainedModel,
+        sincos_pos_embed_2d,
+    )
 
 __all__ = [
     "PRESETS",
@@ -31,3 +32,16 @@ __all__ = [
     "MAEPreTrainedModel",
     "sincos_pos_embed_2d",
 ]
+
+
+def __getattr__(name: str):
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    source = ".configuration_mae" if name in ("PRESETS", "MAEConfig") else ".modeling_mae"
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -11,7 +11,9 @@ chance (1/8).
 :class:`ShapeSettings` makes it harder: textures cut from another photo instead of flat colours,
 distracting strokes and blobs, several small instances per image, less zoomed-in (busier) backgrounds.
 The defaults are the setting the quality benchmark (``benchmarks/quality.py``) measures; the harder ones
-are beyond what a few CPU minutes of pre-training learn.
+are beyond what a few CPU minutes of pre-training learn. It belongs to the benchmark, not to the library:
+``benchmarks/quality.py`` imports it as ``shapes`` (its own folder is on ``sys.path``), the tests as
+``benchmarks.shapes`` (the repository root is on pytest's ``pythonpath``).
 
 Honest validation: ``split="val"`` takes its backgrounds and textures from photos that ``split="train"``
 never uses (:data:`VAL_PHOTOS`), so a probe (or a pre-training run on the train split) is scored on
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .demo import PHOTOS, load_photo
+from mae_trainer.data.demo import PHOTOS, load_photo
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "arrow", "crescent")
 
@@ -255,7 +257,7 @@ def photo_crops(
 
 def shapes_source(images: Sequence[Image.Image], labels: Sequence[int], name: str = "shapes"):
     """The images as an in-memory source for :func:`mae_trainer.data.write.write_beton`."""
-    from .write import ArraySource
+    from mae_trainer.data.write import ArraySource
 
     return ArraySource(name, list(SHAPES), [np.asarray(image) for image in images], list(labels))
 
@@ -279,7 +281,7 @@ def write_shapes_beton(
 ) -> dict:
     """Generate ``count`` samples of ``split`` and write them, with labels, to ``path`` (raw pixels, so no
     JPEG artefacts blur the outlines). Returns :func:`write_beton`'s summary, with the settings added."""
-    from .write import WriteSettings, write_beton
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     settings = settings or ShapeSettings()
     images, labels = shape_samples(count, split, seed, settings)

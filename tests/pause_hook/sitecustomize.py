@@ -1,0 +1,55 @@
+"""Test-only: stop a child process for good at one exact point of a checkpoint save.
+
+Active only where ``MAE_TRAINER_TEST_PAUSE`` is set; ``tests/conftest.py:pause_env`` sets it and puts this
+folder first on ``PYTHONPATH``, so every Python process of a launched run (launcher, agent, ranks) reads this
+file at start-up. ``os.replace(src, dst)`` with ``dst`` the configured target creates the marker file and
+then sleeps forever, just ``"before"`` or just ``"after"`` the replace (a checkpoint is published by
+``os.replace(step_N.tmp, step_N)``). The test waits for the marker and kills the process tree: the kill lands
+at exactly that point however slow the machine is, instead of whenever a polling loop happens to notice a
+file. A ``sitecustomize`` this one shadows (a distribution's) still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _pause(marker: str) -> None:
+    with open(marker, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    while True:  # until the test kills us
+        time.sleep(3600)
+
+
+def _install(config: dict) -> None:
+    target, when, marker = os.path.abspath(config["target"]), config["when"], config["marker"]
+    replace = os.replace
+
+    def pausing_replace(src, dst, *args, **kwargs):
+        hit = os.path.abspath(os.fsdecode(dst)) == target
+        if hit and when == "before":
+            _pause(marker)
+        replace(src, dst, *args, **kwargs)
+        if hit:
+            _pause(marker)
+
+    os.replace = pausing_replace
+
+
+def _run_shadowed() -> None:
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is not None and spec.loader is not None:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+if os.environ.get("MAE_TRAINER_TEST_PAUSE"):
+    _install(json.loads(os.environ["MAE_TRAINER_TEST_PAUSE"]))
+_run_shadowed()
