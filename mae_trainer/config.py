@@ -177,6 +177,14 @@ class RunConfig:
         }
 
 
+def world_size() -> int:
+    """Ranks of this run as the launcher announces them (1 without a launcher), known before any process
+    group exists, so that checks depending on it fail before any work."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 # ------------------------------------------------------------------------------------------ training
 
 
@@ -225,6 +233,21 @@ class TrainingConfig(RunConfig):
     def validate(self) -> None:
         if not self.warmup_epochs < self.epochs:
             raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be below --epochs={self.epochs}")
+
+    def check_output(self) -> None:
+        """``--output-dir`` can hold this run's files, and holds no model unless ``--overwrite``. Probed
+        on rank 0 only (the probe creates and removes files; ranks probing at once would race)."""
+        import os
+
+        from .publish import check_output_dir
+
+        if os.environ.get("RANK", "0") == "0":
+            with about("output_dir"):
+                check_output_dir(self.output_dir)
+        if (self.output_dir / "model.safetensors").exists() and not self.overwrite:
+            raise ConfigError(
+                "output_dir", self.output_dir, "already holds a model (pass --overwrite to replace it)"
+            )
 
     def per_rank_batch(self, world_size: int) -> int:
         """Images per rank per micro-step: ``--batch-size``, or ``--global-batch-size`` ÷ (ranks ×

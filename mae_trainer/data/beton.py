@@ -8,16 +8,43 @@ import numpy as np
 
 from ..errors import InputError
 
+# The fixed header at the start of every FFCV file (format version 2, little-endian; FFCV's ``HeaderType``),
+# read here without importing FFCV, whose import compiles numba code for seconds: a file that is plainly not
+# a .beton is refused at once.
+_HEADER = np.dtype(
+    [("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
+     ("alloc_table_ptr", "<u8")],
+    align=True,
+)  # fmt: skip
+_FFCV_VERSION = 2
+
+
+def header_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an FFCV file judging by its header alone, or None."""
+    size = path.stat().st_size
+    if size < _HEADER.itemsize:
+        return f"{size} bytes, shorter than the FFCV header"
+    header = np.fromfile(path, dtype=_HEADER, count=1)[0]
+    if int(header["version"]) != _FFCV_VERSION:
+        return f"format version {int(header['version'])}, not FFCV's {_FFCV_VERSION}"
+    page = int(header["page_size"])
+    if not 0 < int(header["num_fields"]) <= 256 or page <= 0 or page & (page - 1):
+        return "no FFCV field table or page size in its header"
+    return None
+
 
 def check_beton(path: Path) -> int:
     """The number of samples of ``path``, a readable FFCV file with an ``image`` field; else
     :class:`InputError`, its message starting with ``path``."""
-    from ffcv.reader import Reader
-
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
+    problem = header_problem(path)
+    if problem:
+        raise InputError(f"{path}: not an FFCV .beton file ({problem})")
+    from ffcv.reader import Reader
+
     try:
         reader = Reader(str(path))
     except Exception as err:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, FinetuneConfig, about
+from ..config import ConfigError, FinetuneConfig, about, world_size
 from ..data.schedules import check_side
 from ..publish import publish_text
-from ..training.engine import Engine, check_output
+from ..training.engine import Engine
 from ..training.schedules import scaled_lr
 from .data import LabelledImages, eval_transform, open_labelled, train_transform
 from .probe import stratified_split
@@ -33,7 +33,7 @@ def check(config: FinetuneConfig) -> None:
 
     with about("model"):
         resolve_saved_model(config.model)  # folder or Hub id, ours or vit_mae, weights intact
-    check_output(config)
+    config.check_output()
 
 
 def open_split(config: FinetuneConfig, key: str, train=None):
@@ -93,8 +93,6 @@ def run(config: FinetuneConfig) -> dict:
     from accelerate.utils import set_seed
     from timm.data import Mixup
     from timm.optim import param_groups_layer_decay
-
-    from ..training.engine import world_size
 
     check(config)
     batch_size = config.per_rank_batch(world_size())

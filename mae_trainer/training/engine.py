@@ -23,29 +23,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, TrainingConfig, about
+from ..config import TrainingConfig
 from ..errors import TrainingError
-from ..publish import check_output_dir, publish_folder
+from ..publish import publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
 from .schedules import warmup_cosine_lr
 from .throughput import window_throughput
-
-
-def world_size() -> int:
-    """Ranks of this run as the launcher announces them (1 without a launcher), known before any process
-    group exists, so that checks depending on it fail before any work."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def check_output(config: TrainingConfig) -> None:
-    """``--output-dir`` can hold this run's files, and holds no model unless ``--overwrite``."""
-    if os.environ.get("RANK", "0") == "0":  # the probe creates and removes files: one rank, no race
-        with about("output_dir"):
-            check_output_dir(config.output_dir)
-    if (config.output_dir / "model.safetensors").exists() and not config.overwrite:
-        raise ConfigError(
-            "output_dir", config.output_dir, "already holds a model (pass --overwrite to replace it)"
-        )
 
 
 def make_accelerator(config: TrainingConfig, micro_batch: int, tracker: str):

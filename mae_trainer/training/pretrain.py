@@ -15,10 +15,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import ConfigError, PretrainConfig, about
+from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
 from .checkpoint import check_compatible, resolve_resume
-from .engine import check_output
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -100,14 +99,12 @@ def check(config: PretrainConfig, world: int) -> Plan:
             check_endpoint(config.hub_endpoint)
     with about("resume"):
         resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
-    check_output(config)
+    config.check_output()
     return Plan(batch_size, schedule, batches, resume)
 
 
 def run(config: PretrainConfig) -> Path:
     """Pre-train and save the model into ``config.output_dir``; returns that directory."""
-    from .engine import world_size
-
     return train(config, check(config, world_size()))
 
 
@@ -121,7 +118,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from ..data.train_loader import ProgressiveLoader
     from ..modeling import MAEConfig, MAEForPreTraining
     from ..modeling.flops import mae_training_flops_per_image
-    from .engine import Engine, world_size
+    from .engine import Engine
     from .schedules import optimizer_steps_before, scaled_lr
     from .visualize import reconstruction_grid, save_png
 
