@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from .conftest import ROOT, run_cli
@@ -163,3 +166,52 @@ def test_recipe_with_equals_sign_and_bad_recipe_values(demo_beton, tmp_path, out
         )
         assert_one_line_error(result, f"--recipe {recipe}", *needles)
     assert not out.exists()
+
+
+def test_help_and_usage_errors_do_not_import_torch(tmp_path):
+    """`--help` and every refusal below come back before torch, transformers or FFCV is imported (what makes
+    them fast: benchmarks/cli_latency.py measures the seconds)."""
+    not_beton = tmp_path / "x.beton"
+    not_beton.write_text("not an FFCV file")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("batch-size: abc\n")
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    cases = [
+        ["--help"],
+        ["pretrain", "--help"],
+        ["pretrain", "--data", str(not_beton), "--mask-ratio", "2"],
+        ["pretrain", "--data", str(tmp_path / "missing.beton")],
+        ["pretrain", "--data", str(not_beton), "--model", "tiny"],
+        ["pretrain", "--recipe", str(recipe), "--data", str(not_beton)],
+        ["finetune", "--model", str(folder), "--train", str(not_beton)],
+        ["probe", "--model", str(folder), "--train", str(not_beton), "--val", str(not_beton), "--knn"],
+        ["export", "--to", "timm", str(folder), str(tmp_path / "out.safetensors")],
+        [
+            "reconstruct",
+            "--model",
+            str(folder),
+            "--data",
+            str(not_beton),
+            "--output",
+            str(tmp_path / "g.png"),
+        ],
+        ["push", str(folder), "user/repo", "--endpoint", "notaurl"],
+        ["write-dataset", "--source", str(tmp_path / "none"), "--output", str(tmp_path / "o.beton")],
+    ]
+    code = f"""
+import contextlib, io, sys
+from mae_trainer.cli import main
+statuses = []
+for argv in {cases!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            statuses.append(main(argv))
+        except SystemExit as done:
+            statuses.append(done.code)
+heavy = sorted(m for m in ("torch", "transformers", "ffcv", "timm") if m in sys.modules)
+print(statuses, heavy)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{[0, 0] + [2] * (len(cases) - 2)} []", result.stdout

@@ -60,13 +60,25 @@ def _pretrain(config) -> None:
     run(config)
 
 
+def _saved_model(flag: str, spec) -> None:
+    """Refuse a ``--model`` that is not a usable saved model before torch is imported (the command's own
+    load checks it again): the reader of saved folders needs only json and the safetensors header."""
+    from ..modeling.loading import resolve_saved_model
+
+    with flagged(flag):
+        resolve_saved_model(spec)
+
+
 def _finetune(config) -> None:
+    _saved_model("--model", config.model)
     from ..downstream.finetune import run
 
     run(config)
 
 
 def _probe(config) -> None:
+    if config.model is not None:
+        _saved_model("--model", config.model)
     from ..downstream.probe import run
 
     run(config)
@@ -75,16 +87,18 @@ def _probe(config) -> None:
 def _reconstruct(args: argparse.Namespace) -> None:
     from ..data.beton import check_beton
     from ..data.schedules import check_side
-    from ..modeling import MAEForPreTraining
-    from ..modeling.loading import for_flag
     from ..publish import check_output_dir
-    from ..training.pretrain import fixed_images
-    from ..training.visualize import reconstruction_grid, save_png
 
     with flagged("--output"):
         check_output_dir(args.output.parent)
     with flagged("--data"):
         check_beton(args.data)
+    _saved_model("--model", args.model)
+    from ..modeling import MAEForPreTraining
+    from ..modeling.loading import for_flag
+    from ..training.pretrain import fixed_images
+    from ..training.visualize import reconstruction_grid, save_png
+
     model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
     resolution = args.resolution or model.config.image_size
     with flagged("--resolution"):
@@ -94,7 +108,11 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import run
+    from .export import check_destination, run
+
+    with flagged("DST"):
+        check_destination(args.to, args.dst, args.overwrite)
+    _saved_model("SRC", args.src)
 
     run(args)
 
