@@ -215,3 +215,24 @@ print(statuses, heavy)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{[0, 0] + [2] * (len(cases) - 2)} []", result.stdout
+
+
+def test_output_dir_that_cannot_hold_the_run(demo_beton, tmp_path):
+    """`--output-dir` that is a file, or lies under one: one line naming the flag, exit 2, the file intact;
+    for pretrain and finetune alike (the check is the training config's)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("kept")
+    model = tmp_path / "model"
+    from mae_trainer.modeling import MAEConfig, MAEForPreTraining
+
+    MAEForPreTraining(MAEConfig.from_preset("tiny", image_size=32)).save_pretrained(model)
+    for output, words in [(blocker, "exists and is not a folder"), (blocker / "run", f"{blocker} is a file")]:
+        pretrain = run_cli(
+            "pretrain", "--data", str(demo_beton), "--model", "tiny", "--output-dir", str(output)
+        )
+        assert_one_line_error(pretrain, f"--output-dir {output}", words)
+        finetune = run_cli(
+            "finetune", "--model", str(model), "--train", str(demo_beton), "--output-dir", str(output)
+        )
+        assert_one_line_error(finetune, f"--output-dir {output}", words)
+    assert blocker.read_text() == "kept"

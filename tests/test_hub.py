@@ -24,8 +24,9 @@ import yaml
 from PIL import Image
 
 from mae_trainer import MAEConfig, MAEForPreTraining
+from mae_trainer.cli.push import add_push_arguments, run_push
 from mae_trainer.errors import InputError
-from mae_trainer.hub import TAGS, add_push_arguments, check_endpoint, collect_files, push_to_hub, run_push
+from mae_trainer.hub import TAGS, check_endpoint, collect_files, push_to_hub
 from mae_trainer.modeling.convert import to_vit_mae
 
 from .conftest import (

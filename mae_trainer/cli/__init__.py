@@ -95,11 +95,11 @@ def _reconstruct(args: argparse.Namespace) -> None:
         check_beton(args.data)
     _saved_model("--model", args.model)
     from ..modeling import MAEForPreTraining
-    from ..modeling.loading import for_flag
     from ..training.pretrain import fixed_images
     from ..training.visualize import reconstruction_grid, save_png
 
-    model = for_flag("--model", MAEForPreTraining.from_pretrained, args.model)
+    with flagged("--model"):
+        model = MAEForPreTraining.from_pretrained(args.model)
     resolution = args.resolution or model.config.image_size
     with flagged("--resolution"):
         check_side(resolution, model.config.patch_size)
@@ -183,10 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(prob, ProbeConfig)
     prob.set_defaults(func=_probe, config=ProbeConfig)
 
-    from .. import hub
+    from .push import add_push_arguments
 
     push = commands.add_parser("push", help="upload a save_pretrained folder to the Hugging Face Hub")
-    hub.add_push_arguments(push)
+    add_push_arguments(push)
 
     recon = commands.add_parser("reconstruct", help="write a reconstruction grid PNG for a saved model")
     recon.add_argument("--model", required=True, help="saved model: folder or Hub repo id, ours or vit_mae")

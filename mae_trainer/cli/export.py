@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError, UsageError
+from .flags import flagged
 
 TARGETS = ("vit_mae", "timm", "mae")
 
@@ -85,12 +86,12 @@ def check_destination(to: str, dst: Path, overwrite: bool) -> None:
 def export(to: str, src: str, dst: Path, overwrite: bool = False) -> str:
     """Convert ``src`` into ``dst``; returns a one-line description of what was written."""
     from ..modeling import MAEForPreTraining
-    from ..modeling.loading import for_flag
     from ..publish import publish_folder, publishing
 
     dst = Path(dst)
     check_destination(to, dst, overwrite)
-    model = for_flag("SRC", MAEForPreTraining.from_pretrained, src)  # all checks of SRC
+    with flagged("SRC"):
+        model = MAEForPreTraining.from_pretrained(src)  # all checks of SRC
     try:
         if to == "vit_mae":
             from ..modeling.convert import write_vit_mae

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import InputError
 
 OURS = "mae_trainer_mae"
 VIT_MAE = "vit_mae"
@@ -255,13 +255,3 @@ def load_pretrained(cls, spec, *model_args, **kwargs):
             model, info = load(tmp)
     _check_report(cls, saved.spec, info)
     return (model, info) if want_info else model
-
-
-def for_flag(flag: str, load, spec, **kwargs):
-    """``load(spec, **kwargs)`` (a ``from_pretrained``) for a command-line flag: a refusal
-    (:class:`ModelLoadError` or another ``InputError``) becomes the ``UsageError`` ``FLAG SPEC: what is
-    wrong``."""
-    try:
-        return load(spec, **kwargs)
-    except InputError as err:
-        raise UsageError(f"{flag} {err}") from None
