@@ -111,6 +111,12 @@ def run(config: FinetuneConfig) -> dict:
         if not val_idx:
             raise ConfigError("val_fraction", config.val_fraction, f"holds out no image of {config.train}")
 
+    set_seed(config.seed)
+    model = load_model(config, source.classes)  # before the engine: a refused model leaves no output folder
+    model_config = model.config
+    resolution = config.resolution or model_config.image_size
+    with about("resolution"):
+        check_side(resolution, model_config.patch_size)
     world = world_size()
     per_step = batch_size * world * config.grad_accum
     if len(train_idx) < per_step:
@@ -120,12 +126,6 @@ def run(config: FinetuneConfig) -> dict:
             f"{world} process(es) × {config.grad_accum} accumulation need {per_step} training images; "
             f"{config.train} has {len(train_idx)}",
         )
-    set_seed(config.seed)
-    model = load_model(config, source.classes)  # before the engine: a refused model leaves no output folder
-    model_config = model.config
-    resolution = config.resolution or model_config.image_size
-    with about("resolution"):
-        check_side(resolution, model_config.patch_size)
     engine = Engine(config, micro_batch=batch_size, name="finetune", metric_prefix="train/")
     set_seed(config.seed, device_specific=True)  # augmentation and mixup differ per rank
 
