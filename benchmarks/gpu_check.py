@@ -38,7 +38,7 @@ the machine. A parent that only launches keeps a time limit over both and can re
 or overruns in a line of its own.
 
     .venv/bin/python benchmarks/gpu_check.py            # on a GPU node, ≤ 7.5 min (without CUDA: refuses)
-    .venv/bin/python benchmarks/gpu_check.py --smoke    # every code path on the CPU, tiny model, 2-3 min
+    .venv/bin/python benchmarks/gpu_check.py --smoke    # every code path on the CPU, tiny model, ~3 min
 
 ``--cases loader,model_step`` and ``--phases eager,compiled`` choose parts; ``--time-limit`` (450 s) bounds
 the whole run: a child still running then is killed and reported in a line, its finished lines kept.
@@ -257,7 +257,10 @@ class Side:
     def forward(self, pixels, mask: float):
         if self.kind == "ours":
             return lambda: self.model(pixels, mask_ratio=mask)
-        return lambda: self.model(pixels, interpolate_pos_encoding=True)  # mask: from raw.config
+        # The mask ratio is raw.config's. Position tables are interpolated only off the built size (the
+        # decoder's would be interpolated at any size once asked).
+        interpolate = pixels.shape[-1] != self.raw.config.image_size
+        return lambda: self.model(pixels, interpolate_pos_encoding=interpolate)
 
 
 def build_side(kind: str, config, batch: int, work: Path, total_steps: int) -> Side:
