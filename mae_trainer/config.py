@@ -97,6 +97,13 @@ def in_unit_interval(value) -> str | None:
     return None if 0 <= value < 1 else "must lie in [0, 1)"
 
 
+def report_to(value) -> str | None:
+    """A ``--report-to`` list: known trackers, each installed (``training/trackers.py``, import-light)."""
+    from .training.trackers import report_to_problem
+
+    return report_to_problem(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What every command config shares: declarations, checks, recipe conversion."""
@@ -223,6 +230,13 @@ class TrainingConfig(RunConfig):
     overwrite: bool = option(False, "reuse an output directory that holds a model", group="run")
     seed: int = option(0, "seed of weights, data order and augmentation", group="run")
     log_every: int = option(10, "optimizer steps between log lines", check=at_least(1), group="run")
+    report_to: str = option(
+        "tensorboard",
+        "experiment trackers, a comma list: tensorboard, wandb; all (both) or none (metrics.jsonl only)",
+        check=report_to,
+        metavar="TRACKERS",
+        group="run",
+    )
     dist_timeout: float = option(
         1800.0,
         "seconds a collective may wait for the other ranks before the run fails (a dead node)",
@@ -248,6 +262,12 @@ class TrainingConfig(RunConfig):
             raise ConfigError(
                 "output_dir", self.output_dir, "already holds a model (pass --overwrite to replace it)"
             )
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        from .training.trackers import tracker_names
+
+        return tracker_names(self.report_to)
 
     def per_rank_batch(self, world_size: int) -> int:
         """Images per rank per micro-step: ``--batch-size``, or ``--global-batch-size`` ÷ (ranks ×
@@ -337,6 +357,13 @@ class PretrainConfig(TrainingConfig):
     no_norm_pix_loss: bool = option(False, "regress raw (not per-patch normalised) pixels", group="model")
     gradient_checkpointing: bool = option(
         False, "recompute block activations (saves memory; L/H)", group="model"
+    )
+    init_from: str | None = option(
+        None,
+        "start from these weights (a pretrain output dir, a vit_mae folder or a Hub id; same architecture "
+        "as --model) with a fresh optimizer, lr schedule and data order; a checkpoint found by --resume wins",
+        metavar="DIR_OR_HUB_ID",
+        group="model",
     )
     save_every: int = option(
         0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"

@@ -168,7 +168,7 @@ def test_recipe_with_equals_sign_and_bad_recipe_values(demo_beton, tmp_path, out
     assert not out.exists()
 
 
-def test_help_and_usage_errors_do_not_import_torch(tmp_path):
+def test_help_and_usage_errors_do_not_import_torch(tmp_path, demo_beton):
     """`--help` and every refusal below come back before torch, transformers or FFCV is imported (what makes
     them fast: benchmarks/cli_latency.py measures the seconds)."""
     not_beton = tmp_path / "x.beton"
@@ -184,6 +184,9 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path):
         ["pretrain", "--data", str(tmp_path / "missing.beton")],
         ["pretrain", "--data", str(not_beton), "--model", "tiny"],
         ["pretrain", "--recipe", str(recipe), "--data", str(not_beton)],
+        ["pretrain", "--data", str(not_beton), "--report-to", "tensorboard,mlflow"],
+        ["pretrain", "--data", str(demo_beton), "--model", "tiny", "--init-from", str(folder)],
+        ["finetune", "--model", str(folder), "--train", str(not_beton), "--report-to", "none,all"],
         ["finetune", "--model", str(folder), "--train", str(not_beton)],
         ["probe", "--model", str(folder), "--train", str(not_beton), "--val", str(not_beton), "--knn"],
         ["export", "--to", "timm", str(folder), str(tmp_path / "out.safetensors")],

@@ -6,7 +6,8 @@ straight loop over its own data, model and loss:
 - one micro-step: forward, a finite-loss stop agreed by every rank, backward, optimizer step;
 - the per-iteration lr (``lr_scale`` of layer-decay groups honoured);
 - the metrics window: mean loss (and any other per-micro-step means) over ranks, images/s, the fraction of
-  time spent waiting for data, the gradient norm → TensorBoard, ``metrics.jsonl`` and the progress bar;
+  time spent waiting for data, the gradient norm → the ``--report-to`` trackers (``trackers.py``),
+  ``metrics.jsonl`` and the progress bar;
 - checkpoints (``checkpoint.py``) and the final fp32 save from ZeRO shards.
 
 Nothing here reads flags: it gets a :class:`~mae_trainer.config.TrainingConfig`.
@@ -29,9 +30,10 @@ from ..publish import publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
 from .schedules import warmup_cosine_lr
 from .throughput import window_throughput
+from .trackers import log_image, make_trackers
 
 
-def make_accelerator(config: TrainingConfig, micro_batch: int, tracker: str):
+def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
@@ -52,7 +54,7 @@ def make_accelerator(config: TrainingConfig, micro_batch: int, tracker: str):
         handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
-        log_with=tracker,
+        log_with=trackers or None,
         project_dir=str(config.output_dir),
         kwargs_handlers=handlers,
     )
@@ -67,14 +69,15 @@ class Engine:
     """One training run's accelerator, step counter, lr, metrics window, checkpoints and final save.
 
     ``metric_prefix`` is put before each metric's name in ``metrics.jsonl`` (``""`` → ``loss``,
-    ``"train/"`` → ``train/loss``); TensorBoard always gets ``train/<name>``.
+    ``"train/"`` → ``train/loss``); the trackers always get ``train/<name>``.
     """
 
     def __init__(self, config: TrainingConfig, *, micro_batch: int, name: str, metric_prefix: str = ""):
         self.config = config
         self.name, self.prefix = name, metric_prefix
         self.micro_batch = micro_batch
-        self.accelerator = make_accelerator(config, micro_batch, "tensorboard")
+        trackers = make_trackers(config.trackers, config.output_dir, name)  # --report-to
+        self.accelerator = make_accelerator(config, micro_batch, trackers)
         self.output_dir: Path = config.output_dir
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,7 @@ class Engine:
         self.total_steps = total_steps
         scalars = {k: str(v) if isinstance(v, Path) else v for k, v in hparams.items()}
         scalars = {k: v for k, v in scalars.items() if isinstance(v, (int, float, str, bool))}
-        self.accelerator.init_trackers("tensorboard", config=scalars)  # OUTPUT/tensorboard/
+        self.accelerator.init_trackers(self.name, config=scalars)  # trackers.py: where each one writes
         if self.is_main and fresh:
             self.metrics_file.write_text("")
         from tqdm.auto import tqdm
@@ -253,8 +256,9 @@ class Engine:
             with self.metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def tensorboard(self):
-        return self.accelerator.get_tracker("tensorboard", unwrap=True)
+    def log_image(self, tag: str, picture) -> None:
+        """An ``(H, W, 3)`` uint8 image at this step to the trackers that take images (main process)."""
+        log_image(self.accelerator, tag, picture, self.step)
 
     # -------------------------------------------------------------------------------------- state
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
 from .checkpoint import check_compatible, resolve_resume
+from .init_from import check_init_from
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -30,6 +31,7 @@ class Plan:
     schedule: ResolutionSchedule
     batches: list[int]  # micro-batches per rank in each epoch
     resume: Path | None
+    init_from: Path | None = None  # the resolved --init-from folder; None when a checkpoint is resumed
 
 
 # The config field behind each ResolutionSchedule argument (a ScheduleError names the argument at fault).
@@ -70,6 +72,11 @@ def check(config: PretrainConfig, world: int) -> Plan:
 
     batch_size = config.per_rank_batch(world)
     schedule = make_schedule(config, batch_size)
+    with about("resume"):
+        resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
+    init_from = None
+    if config.init_from is not None and resume is None:  # a preempted --init-from run resumes, not re-inits
+        init_from = check_init_from(config.init_from, config.model).folder
     with about("data"):
         count = check_beton(config.data)
     if config.recon_data is not None:
@@ -97,10 +104,8 @@ def check(config: PretrainConfig, world: int) -> Plan:
             resolve_token(config.hub_token)  # fail now, not after a day of training
         with about("hub_endpoint"):
             check_endpoint(config.hub_endpoint)
-    with about("resume"):
-        resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
     config.check_output()
-    return Plan(batch_size, schedule, batches, resume)
+    return Plan(batch_size, schedule, batches, resume, init_from)
 
 
 def run(config: PretrainConfig) -> Path:
@@ -119,6 +124,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from ..modeling import MAEConfig, MAEForPreTraining
     from ..modeling.flops import mae_training_flops_per_image
     from .engine import Engine
+    from .init_from import init_weights
     from .schedules import optimizer_steps_before, scaled_lr
     from .visualize import reconstruction_grid, save_png
 
@@ -145,6 +151,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     # Same seed everywhere for the weights; a rank-specific one for masks and crops.
     set_seed(config.seed)
     model = MAEForPreTraining(model_config)
+    init_weights(engine, model, config.init_from, plan)  # --init-from, before prepare (init_from.py)
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     set_seed(config.seed, device_specific=True)
@@ -256,7 +263,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     if recon_images is not None:
         picture = reconstruction_grid(final.float().cpu(), recon_images)
         save_png(picture, output_dir / "reconstruction.png")
-        engine.tensorboard().add_image("reconstruction", picture, engine.step, dataformats="HWC")
+        engine.log_image("reconstruction", picture)
     if engine.is_main and config.push_to_hub:
         from ..hub import push_to_hub
 
@@ -273,7 +280,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     if engine.is_main:
         engine.print(
             f"model: {output_dir} (config.json, model.safetensors)\n"
-            f"tensorboard: {output_dir / 'tensorboard'}\nmetrics: {engine.metrics_file}"
+            + (f"tensorboard: {output_dir / 'tensorboard'}\n" if "tensorboard" in config.trackers else "")
+            + (f"wandb: {output_dir / 'wandb'}\n" if "wandb" in config.trackers else "")
+            + f"metrics: {engine.metrics_file}"
             + (f"\nreconstruction: {output_dir / 'reconstruction.png'}" if recon_images is not None else "")
         )
     return output_dir
@@ -295,7 +304,7 @@ def fixed_images(data: Path, resolution: int, count: int):
 
 
 def log_reconstruction(engine, model, images) -> None:
-    """Main process only: the grid at this step as a TensorBoard image and ``reconstructions/step_N.png``.
+    """Main process only: the grid at this step as ``reconstructions/step_N.png`` and a tracker image.
     Runs the training weights in place (their dtype and device), in eval mode, without gradients."""
     from .visualize import reconstruction_grid, save_png
 
@@ -305,7 +314,7 @@ def log_reconstruction(engine, model, images) -> None:
     folder = engine.output_dir / "reconstructions"
     folder.mkdir(exist_ok=True)
     save_png(picture, folder / f"step_{engine.step:08d}.png")
-    engine.tensorboard().add_image("reconstruction", picture, engine.step, dataformats="HWC")
+    engine.log_image("reconstruction", picture)
 
 
 def write_resolved_config(config: PretrainConfig, path: Path) -> None:

@@ -1,0 +1,133 @@
+"""``--report-to``: the training commands log through accelerate's trackers. Weights & Biases runs in
+offline mode (no network, no login): its run is read back from the ``.wandb`` file it writes under the output
+folder, and the logged loss is the one in ``metrics.jsonl``. Every wandb location is under ``tmp_path``, so a
+user's own wandb settings are never read or written."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import BIN, ROOT, run_main, small_embedded_beton
+
+
+def wandb_offline_env(tmp_path) -> dict[str, str]:
+    """Offline, silent, every wandb folder under ``tmp_path``, no key or settings of the user's."""
+    home = tmp_path / "wandb_home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(home / "dir"),
+               WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_DATA_DIR=str(home / "data"), WANDB_DISABLE_GIT="true", OMP_NUM_THREADS="1")  # fmt: skip
+    return env
+
+
+def wandb_history(run_file) -> list[dict]:
+    """The ``history`` records (one per logged step) of an offline run's ``.wandb`` file, decoded with wandb's
+    own protobuf ``Record``. The file is wandb's record log (LevelDB's log format): a 7-byte ``:W&B`` header,
+    then 32 KiB blocks of chunks, each ``crc32c(4) length(2) type(1)`` + data; types 1 (full) or 2/3/4
+    (first/middle/last part) of a record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    block, pos, pending, history = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            break
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                history.append(
+                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+                )
+    return history
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_embedded_beton(tmp_path_factory.mktemp("trackers"), limit=48, max_resolution=64)  # 3 steps
+
+
+def pretrain(data, out, report_to, env, *extra):
+    flags = (
+        "--model tiny --resolution 32 --epochs 1 --warmup-epochs 0 --batch-size 16 --num-workers 1 "
+        "--log-every 1 --recon-images 2 --recon-every 2 --blr 1e-3"
+    ).split()
+    result = subprocess.run(
+        [str(BIN / "mae-trainer"), "pretrain", "--data", str(data), "--output-dir", str(out), *flags,
+         "--report-to", report_to, *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_the_logged_loss_and_images(data, tmp_path):
+    env = wandb_offline_env(tmp_path)
+    out = tmp_path / "run"
+    records = pretrain(data, out, "wandb", env)
+    assert not (out / "tensorboard").exists()
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # under the output folder
+    history = wandb_history(run_file)
+    assert [h["_step"] for h in history] == [r["step"] for r in records] == [1, 2, 3]
+    assert [h["train/loss"] for h in history] == [r["loss"] for r in records]
+    assert [h["train/lr"] for h in history] == [r["lr"] for r in records]
+    # the reconstruction grids: PNGs on disk, and images in the run at steps 2 and 3 (the final one)
+    assert [h["_step"] for h in history if "reconstruction/_type" in h] == [2, 3]
+    assert all(
+        h["reconstruction/_type"] == "images/separated" for h in history if "reconstruction/_type" in h
+    )
+    assert (out / "reconstructions" / "step_00000002.png").is_file() and (
+        out / "reconstruction.png"
+    ).is_file()
+    # the run went to --output-dir, not to $WANDB_DIR
+    assert not list((tmp_path / "wandb_home" / "dir").glob("wandb/*run-*"))
+
+
+@pytest.mark.slow
+def test_report_to_none_writes_metrics_and_pictures_only(data, tmp_path):
+    out = tmp_path / "run"
+    records = pretrain(data, out, "none", wandb_offline_env(tmp_path))
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert not (out / "tensorboard").exists() and not (out / "wandb").exists()
+    assert (out / "reconstructions" / "step_00000002.png").is_file() and (
+        out / "reconstruction.png"
+    ).is_file()
+
+
+def test_bad_report_to_is_refused_in_one_line(demo_beton, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    for value, words in [
+        ("tensorbord", "unknown tracker 'tensorbord'; choose from tensorboard, wandb, all, none"),
+        ("none,wandb", "'none' stands alone"),
+        (",", "name at least one tracker, or none"),
+    ]:
+        for command in (
+            ["pretrain", "--data", str(demo_beton)],
+            ["finetune", "--model", "m", "--train", "t"],
+        ):
+            result = run_main(capsys, *command, "--output-dir", str(out), "--report-to", value)
+            assert result.returncode == 2
+            assert result.stderr.strip() == f"mae-trainer: error: --report-to {value}: {words}", result.stderr
+    # a tracker whose package is missing: import of it made impossible, the way Python blocks a module
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    for value in ("wandb", "all", "tensorboard,wandb"):
+        result = run_main(capsys, "pretrain", "--data", str(demo_beton), "--output-dir", str(out),
+                          "--report-to", value)  # fmt: skip
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert f"--report-to {value}: wandb not installed (pip install wandb" in result.stderr, result.stderr
+    assert not out.exists()
