@@ -193,3 +193,13 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
     status = main(list(args))
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["mae-trainer", *args], status, out, err)
+
+
+def wandb_offline_env(tmp_path) -> dict[str, str]:
+    """Offline, silent, every wandb folder under ``tmp_path``, no key or settings of the user's."""
+    home = tmp_path / "wandb_home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(home / "dir"),
+               WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_DATA_DIR=str(home / "data"), WANDB_DISABLE_GIT="true", OMP_NUM_THREADS="1")  # fmt: skip
+    return env

@@ -6,24 +6,13 @@ user's own wandb settings are never read or written."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import BIN, ROOT, run_main, small_embedded_beton
-
-
-def wandb_offline_env(tmp_path) -> dict[str, str]:
-    """Offline, silent, every wandb folder under ``tmp_path``, no key or settings of the user's."""
-    home = tmp_path / "wandb_home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(home / "dir"),
-               WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"),
-               WANDB_DATA_DIR=str(home / "data"), WANDB_DISABLE_GIT="true", OMP_NUM_THREADS="1")  # fmt: skip
-    return env
+from .conftest import BIN, ROOT, run_main, small_embedded_beton, wandb_offline_env
 
 
 def wandb_history(run_file) -> list[dict]:
@@ -131,3 +120,34 @@ def test_bad_report_to_is_refused_in_one_line(demo_beton, tmp_path, capsys, monk
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
         assert f"--report-to {value}: wandb not installed (pip install wandb" in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_finetune_reports_to_wandb_too(jpeg_folder, tmp_path):
+    import torch
+
+    from mae_trainer.modeling import MAEConfig, MAEForPreTraining
+
+    torch.manual_seed(0)
+    MAEForPreTraining(MAEConfig.from_preset("tiny", image_size=32, num_hidden_layers=2)).save_pretrained(
+        tmp_path / "pre"
+    )
+    out = tmp_path / "ft"
+    result = subprocess.run(
+        [str(BIN / "mae-trainer"), "finetune", "--model", str(tmp_path / "pre"), "--train", str(jpeg_folder),
+         "--val-fraction", "0.34", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4",
+         "--num-workers", "0", "--log-every", "1", "--output-dir", str(out), "--report-to", "wandb"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=wandb_offline_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    history = wandb_history(run_file)
+    train = [r for r in records if "train/loss" in r]
+    assert len(train) == 2 and [h["train/loss"] for h in history if "train/loss" in h] == [
+        r["train/loss"] for r in train
+    ]
+    assert [h["val/acc1"] for h in history if "val/acc1" in h] == [
+        r["val/acc1"] for r in records if "val/acc1" in r
+    ]
+    assert not (out / "tensorboard").exists()
