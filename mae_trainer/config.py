@@ -292,7 +292,12 @@ class PretrainConfig(TrainingConfig):
         choices=("bicubic", "area"),
         group="data",
     )
-    batches_ahead: int = option(2, "batches FFCV prepares in advance", check=at_least(1), group="data")
+    batches_ahead: int = option(
+        4,
+        "batches FFCV prepares in advance (4: at the plateau of benchmarks/batches_ahead.py)",
+        check=at_least(1),
+        group="data",
+    )
     no_os_cache: bool = option(
         False, "read through FFCV's process cache instead of the OS page cache", group="data"
     )
@@ -337,6 +342,12 @@ class PretrainConfig(TrainingConfig):
     no_norm_pix_loss: bool = option(False, "regress raw (not per-patch normalised) pixels", group="model")
     gradient_checkpointing: bool = option(
         False, "recompute block activations (saves memory; L/H)", group="model"
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the model (static shapes: one graph per stage's side, batch and mask ratio, "
+        "compiled when the stage starts)",
+        group="model",
     )
     save_every: int = option(
         0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"
