@@ -1,4 +1,4 @@
-"""Online evaluation during pre-training (``--eval-data``): real runs, one plain process and 2 DeepSpeed
+"""Online evaluation during pre-training (``--eval-data``): real runs, one plain process, 1 and 2 DeepSpeed
 ZeRO-1 BF16 ranks, on a labelled held-out .beton of real photos.
 
 Why the top-1 must be far above chance: each class is one photograph (16 of scikit-image's), and the held-out
@@ -117,19 +117,20 @@ def test_one_process_evaluates_on_schedule_without_touching_training(data, tmp_p
 
 
 @pytest.mark.slow
-def test_two_deepspeed_ranks_share_the_evaluation(data, tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_deepspeed_ranks_share_the_evaluation(data, tmp_path, ranks):
     train, held_out = data
     out = tmp_path / "run"
-    launch = launch_cmd("cpu_2proc.yaml", "pretrain", "--data", str(train))
+    launch = launch_cmd(f"cpu_{ranks}proc.yaml", "pretrain", "--data", str(train))
     result = run(
         launch, "--output-dir", out, "--eval-data", held_out, "--eval-every", 1, "--global-batch-size", 16
     )
-    assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
+    assert f"on {ranks} process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
     trained, evals = records(out)
     assert [(r["step"], r["epoch"]) for r in evals] == [(10, 0), (20, 1), (30, 2)]
     assert len(trained) == 30 and all("eval/linear_top1" not in r for r in evals)
-    # each rank extracted half of the set (classes 0-7, then 8-15): gathered out of order, every query
-    # would sit among the wrong photo's features
+    # with 2 ranks each extracts half of the set (classes 0-7, then 8-15): gathered out of order, every
+    # query would sit among the wrong photo's features
     assert all(r["eval/knn_top1"] > 4 * CHANCE for r in evals), evals
     assert tensorboard_steps(out, "eval/knn_top1") == [10, 20, 30]
     assert result.stdout.count("eval at epoch") == 3  # printed once, by the main process
