@@ -374,6 +374,20 @@ class PretrainConfig(TrainingConfig):
         check=existing,
         group="run",
     )
+    eval_data: Path | None = option(
+        None,
+        "labelled held-out .beton: k-NN top-1 of the current encoder on it during training",
+        check=existing,
+        group="evaluation",
+    )
+    eval_every: int = option(
+        10, "epochs between evaluations on --eval-data (0: only at the end)", check=at_least(0),
+        group="evaluation",
+    )  # fmt: skip
+    eval_k: int = option(20, "k-NN: neighbours that vote", check=at_least(1), group="evaluation")
+    eval_linear: bool = option(
+        False, "also a linear probe on the same cached features (main process, CPU)", group="evaluation"
+    )
     push_to_hub: str | None = option(None, "upload the final model to this repo", metavar="REPO", group="hub")
     hub_token: str | None = option(
         None, "write token (default: $HF_TOKEN, saved login)", group="hub", recipe=False

@@ -184,6 +184,7 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path):
         ["pretrain", "--data", str(tmp_path / "missing.beton")],
         ["pretrain", "--data", str(not_beton), "--model", "tiny"],
         ["pretrain", "--recipe", str(recipe), "--data", str(not_beton)],
+        ["pretrain", "--data", str(not_beton), "--eval-data", str(tmp_path / "missing.beton")],
         ["finetune", "--model", str(folder), "--train", str(not_beton)],
         ["probe", "--model", str(folder), "--train", str(not_beton), "--val", str(not_beton), "--knn"],
         ["export", "--to", "timm", str(folder), str(tmp_path / "out.safetensors")],

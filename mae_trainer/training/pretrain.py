@@ -72,9 +72,10 @@ def check(config: PretrainConfig, world: int) -> Plan:
     schedule = make_schedule(config, batch_size)
     with about("data"):
         count = check_beton(config.data)
-    if config.recon_data is not None:
-        with about("recon_data"):
-            check_beton(config.recon_data)
+    for key in ("recon_data", "eval_data"):  # held-out sets: refused now, not at their first use
+        if getattr(config, key) is not None:
+            with about(key):
+                check_beton(getattr(config, key))
     batches = [(count // world) // schedule.stage(epoch).batch_size for epoch in range(config.epochs)]
     if min(batches) < config.grad_accum:
         raise ConfigError(
@@ -120,6 +121,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from ..modeling.flops import mae_training_flops_per_image
     from ..modeling.modeling_mae import kept_patches
     from .engine import Engine, adamw, compile_in_place, compiled_graphs
+    from .online_eval import OnlineEval
     from .schedules import optimizer_steps_before, scaled_lr
     from .visualize import reconstruction_grid, save_png
 
@@ -140,6 +142,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 f"{world_size()} rank(s) and --seed {config.seed}. Resume with the same ranks and seed (each "
                 "rank's data shard and position depend on them)",
             )
+    evaluator = OnlineEval(config, plan.batch_size, world_size()) if config.eval_data else None
     engine = Engine(config, micro_batch=plan.batch_size, name="pretrain")
     output_dir = config.output_dir
 
@@ -256,6 +259,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 log_reconstruction(engine, engine.accelerator.unwrap_model(model), recon_images)
             if engine.done:
                 break
+        if evaluator is not None:  # before the epoch-end checkpoint: a resumed run never skips one
+            evaluator.after_epoch(engine, model, epoch)
         if not engine.done:  # epoch end: the resume point after a crash (the last step saves the model)
             if engine.accelerator.sync_gradients:
                 checkpoint()
