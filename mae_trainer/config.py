@@ -312,7 +312,12 @@ class PretrainConfig(TrainingConfig):
         choices=("bicubic", "area"),
         group="data",
     )
-    batches_ahead: int = option(2, "batches FFCV prepares in advance", check=at_least(1), group="data")
+    batches_ahead: int = option(
+        4,
+        "batches FFCV prepares in advance (4: at the plateau of benchmarks/batches_ahead.py)",
+        check=at_least(1),
+        group="data",
+    )
     no_os_cache: bool = option(
         False, "read through FFCV's process cache instead of the OS page cache", group="data"
     )
@@ -365,6 +370,12 @@ class PretrainConfig(TrainingConfig):
         metavar="DIR_OR_HUB_ID",
         group="model",
     )
+    compile: bool = option(
+        False,
+        "torch.compile the model (static shapes: one graph per stage's side, batch and mask ratio, "
+        "compiled when the stage starts)",
+        group="model",
+    )
     save_every: int = option(
         0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"
     )
@@ -389,6 +400,20 @@ class PretrainConfig(TrainingConfig):
         "held-out .beton for the reconstruction grids (default: images spread over --data)",
         check=existing,
         group="run",
+    )
+    eval_data: Path | None = option(
+        None,
+        "labelled held-out .beton: k-NN top-1 of the current encoder on it during training",
+        check=existing,
+        group="evaluation",
+    )
+    eval_every: int = option(
+        10, "epochs between evaluations on --eval-data (0: only at the end)", check=at_least(0),
+        group="evaluation",
+    )  # fmt: skip
+    eval_k: int = option(20, "k-NN: neighbours that vote", check=at_least(1), group="evaluation")
+    eval_linear: bool = option(
+        False, "also a linear probe on the same cached features (main process, CPU)", group="evaluation"
     )
     push_to_hub: str | None = option(None, "upload the final model to this repo", metavar="REPO", group="hub")
     hub_token: str | None = option(

@@ -187,6 +187,7 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path, demo_beton):
         ["pretrain", "--data", str(not_beton), "--report-to", "tensorboard,mlflow"],
         ["pretrain", "--data", str(demo_beton), "--model", "tiny", "--init-from", str(folder)],
         ["finetune", "--model", str(folder), "--train", str(not_beton), "--report-to", "none,all"],
+        ["pretrain", "--data", str(not_beton), "--eval-data", str(tmp_path / "missing.beton")],
         ["finetune", "--model", str(folder), "--train", str(not_beton)],
         ["probe", "--model", str(folder), "--train", str(not_beton), "--val", str(not_beton), "--knn"],
         ["export", "--to", "timm", str(folder), str(tmp_path / "out.safetensors")],

@@ -24,6 +24,7 @@ GROUP_TITLES = {
     "augmentation": "augmentation (MAE fine-tune defaults)",
     "run": "run",
     "ckpt": "checkpoints",
+    "evaluation": "online evaluation (k-NN probe during pre-training)",
     "hub": "publishing (Hugging Face Hub)",
     "encoder": "encoder (one of)",
     "probes": "probes (at least one)",

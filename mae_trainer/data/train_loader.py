@@ -39,6 +39,10 @@ class Batch:
         return self.stage.mask_ratio
 
 
+def on_cuda(device) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
 class ProgressiveLoader:
     """FFCV loader over a ``.beton``, in the order of a :class:`ShardedSampler`, one stage per epoch.
 
@@ -47,7 +51,8 @@ class ProgressiveLoader:
     training step. ``crop_decode`` decodes only the crop of JPEG samples (same crops, seeded the same way).
     ``interpolation`` resizes the crops: ``"bicubic"`` (reference MAE's PIL bicubic) or ``"area"``.
     ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
-    ``output_size`` between epochs.
+    ``output_size`` between epochs. ``device``: a CUDA device puts the images there from the pipeline
+    (pinned host buffers, non-blocking copies); otherwise they stay on the host.
     """
 
     def __init__(
@@ -60,14 +65,15 @@ class ProgressiveLoader:
         rank: int | None = None,
         world_size: int | None = None,
         os_cache: bool = True,
-        batches_ahead: int = 2,
+        batches_ahead: int = 4,
         decoder=None,
         crop_decode: bool = False,
         interpolation: str = "bicubic",
+        device: torch.device | str | None = None,
     ):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
         from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
 
@@ -83,8 +89,17 @@ class ProgressiveLoader:
         image_pipeline = [decoder]
         if not getattr(decoder, "includes_flip", False):
             image_pipeline.append(RandomHorizontalFlip())
+        # On a GPU the images leave the pipeline on the device: FFCV allocates its host buffers pinned when
+        # CUDA is present, and ToDevice copies each batch from them without blocking, on a CUDA stream of
+        # the batch's slot, while the model works on the previous batch; the training stream waits for that
+        # copy only when it takes the batch. Normalisation happens on the device, in the training step.
+        # (On the device, ToTorchImage gives a channels-last view: its NCHW copy would go to a host buffer.)
+        if on_cuda(device):
+            to_torch = [ToDevice(torch.device(device), non_blocking=True), ToTorchImage(channels_last=True)]
+        else:
+            to_torch = [ToTorchImage(channels_last=False)]
         pipelines = {
-            "image": [*image_pipeline, ToTensor(), ToTorchImage(channels_last=False)],
+            "image": [*image_pipeline, ToTensor(), *to_torch],
             "label": [IntDecoder(), ToTensor(), Squeeze(1)],
         }
         self.loader = Loader(

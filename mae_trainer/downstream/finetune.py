@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, FinetuneConfig, about, world_size
 from ..data.schedules import check_side
 from ..publish import publish_text
-from ..training.engine import Engine
+from ..training.engine import Engine, adamw
 from ..training.schedules import scaled_lr
 from .data import LabelledImages, eval_transform, open_labelled, train_transform
 from .probe import stratified_split
@@ -147,7 +147,7 @@ def run(config: FinetuneConfig) -> dict:
         layer_decay=config.layer_decay,
     )
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, per_step)
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999))
+    optimizer = adamw(groups, peak_lr, (0.9, 0.999), engine.device)
     model, optimizer, train_loader, val_loader = engine.prepare(model, optimizer, train_loader, val_loader)
     dtype = next(model.parameters()).dtype
 

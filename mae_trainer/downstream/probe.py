@@ -53,7 +53,8 @@ def extract_features(
     return ``(features (N, D) float32, labels (N,) int64)`` on the CPU.
 
     ``images`` are ``(B, 3, H, W)``: uint8 ones are normalised with the encoder config's mean and std
-    (what the FFCV loaders yield), float ones are taken as already normalised.
+    (what the FFCV loaders yield), float ones are taken as already normalised; either is fed to the encoder
+    in its weights' dtype (bf16 for a model that DeepSpeed trains).
     """
     from ..data.normalize import normalize, stats_tensor
 
@@ -62,13 +63,14 @@ def extract_features(
     encoder = encoder.eval().to(device)
     mean = stats_tensor(encoder.config.image_mean, device)
     std = stats_tensor(encoder.config.image_std, device)
+    dtype = next(encoder.parameters()).dtype
     features, labels = [], []
     for images, targets in batches:
         images = torch.as_tensor(images).to(device)
         if images.dtype == torch.uint8:
-            pixels = normalize(images, mean, std, torch.float32)
+            pixels = normalize(images, mean, std, dtype)
         else:
-            pixels = images.float()
+            pixels = images.to(dtype)
         hidden = encoder(pixels).last_hidden_state
         pooled = hidden[:, 0] if pool == "cls" else hidden[:, 1:].mean(dim=1)
         features.append(pooled.float().cpu())

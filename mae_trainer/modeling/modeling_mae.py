@@ -152,6 +152,11 @@ class PositionTable(nn.Module):
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, grid_h: int, grid_w: int, like: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the table is part of the graph (a constant of the grid): reading or
+            # filling the cache there would guard on its contents, so a model compiled before the cache
+            # held this grid would compile twice at it (miss, then hit).
+            return sincos_pos_embed_2d(self.dim, grid_h, grid_w).to(like.device, like.dtype)
         key = (grid_h, grid_w, like.device, like.dtype)
         if key not in self._cache:
             self._cache[key] = sincos_pos_embed_2d(self.dim, grid_h, grid_w).to(like.device, like.dtype)

@@ -3,7 +3,8 @@ straight loop over its own data, model and loss:
 
 - the accelerator: process group (gloo on CPU ranks, ``--dist-timeout`` on every group), DeepSpeed's
   micro-batch, gradient accumulation, trackers;
-- one micro-step: forward, a finite-loss stop agreed by every rank, backward, optimizer step;
+- one micro-step: forward, backward, optimizer step, with no host read on the hot path; a non-finite loss
+  is recorded on the device and stops every rank together at the next log, checkpoint or save;
 - the per-iteration lr (``lr_scale`` of layer-decay groups honoured);
 - the metrics window: mean loss (and any other per-micro-step means) over ranks, images/s, the fraction of
   time spent waiting for data, the gradient norm → the ``--report-to`` trackers (``trackers.py``),
@@ -63,6 +64,40 @@ def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
         # FFCV's Loader is not a torch DataLoader, so accelerate cannot infer the micro-batch: set it here.
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
     return accelerator
+
+
+def adamw(groups, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    """torch's AdamW, with its fused kernel (one kernel per step for all tensors) where torch has one for
+    ``device``: CUDA, and the CPU too (there 0.22-0.31× the time of the default step for MAE-S/16's
+    parameters: ``benchmarks/fused_adamw.py``). Same update; DeepSpeed's ZeRO-1 wraps it like any torch
+    optimizer."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        fused = torch.device(device).type in _get_fused_kernels_supported_devices()
+    except ImportError:  # a torch without the helper: the devices with a fused AdamW
+        fused = torch.device(device).type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def compile_in_place(model: torch.nn.Module, graphs: int) -> None:
+    """``torch.compile`` ``model`` in place (``nn.Module.compile``: its state dict, checkpoints and
+    ``save_pretrained`` are unchanged), before ``prepare`` (DeepSpeed's engine and DDP then call the
+    compiled module). Static shapes (``dynamic=False``): a stage lasts many epochs, so each of its shapes
+    (side, batch, kept tokens) gets its own kernels, compiled once when it first appears. ``graphs`` is
+    how many such shapes the run has: dynamo's recompile limit is raised to hold them all (past its limit
+    it would fall back to eager without a word)."""
+    import torch._dynamo.config as dynamo
+
+    dynamo.recompile_limit = max(dynamo.recompile_limit, graphs + 2)
+    model.compile(dynamic=False)
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 class Engine:
@@ -139,7 +174,7 @@ class Engine:
 
     @property
     def log_due(self) -> bool:
-        return self.step % self.config.log_every == 0 or self.step == self.total_steps
+        return self._log_at(self.step)
 
     def set_lr(self, optimizer, peak_lr: float, warmup_steps: int) -> float:
         """MAE's per-iteration lr (linear warmup, half-cycle cosine to ``--min-lr``) at the current step;
@@ -164,19 +199,23 @@ class Engine:
     def micro_step(
         self, model, optimizer, forward: Callable, images: int, where: str, flops_per_image: float = 0.0
     ):
-        """One micro-step: ``forward()`` (returns an output with ``.loss``), the finite-loss stop,
-        backward, and the optimizer step when accumulation is complete (``self.step`` then advances).
-        Returns ``(output, stepped)``. ``where`` names the batch in a non-finite-loss report;
-        ``flops_per_image`` (the model's training FLOPs per image, when the caller knows them) adds the
-        achieved rate to the log (``throughput.py``)."""
+        """One micro-step: ``forward()`` (returns an output with ``.loss``), backward, and the optimizer step
+        when accumulation is complete (``self.step`` then advances). Returns ``(output, stepped)``.
+
+        Nothing here reads a value back to the host: on a GPU the host queues step after step while the
+        card works. A non-finite loss is recorded on the device (:meth:`_watch`) and stops the run at the
+        next :meth:`verify` (every log step, before every checkpoint and before the final save), naming the
+        first bad step and ``where`` (the batch): it can reach the weights, never a checkpoint or the saved
+        model. ``flops_per_image`` (the model's training FLOPs per image, when the caller knows them) adds
+        the achieved rate to the log (``throughput.py``)."""
         accelerator = self.accelerator
         with accelerator.accumulate(model):
             output = forward()
             loss = output.loss
-            self.check_finite(loss, where)
+            self._watch(loss.detach(), where)
             accelerator.backward(loss)
-            due = (self.step + 1) % self.config.log_every == 0 or self.step + 1 == self.total_steps
-            if accelerator.sync_gradients and due and not self.deepspeed:  # DeepSpeed computes its own
+            if accelerator.sync_gradients and self._log_at(self.step + 1) and not self.deepspeed:
+                # DeepSpeed computes its own norm; a tensor, read at the log with the rest
                 self.grad_norm = torch.nn.utils.get_total_norm(
                     [p.grad for p in model.parameters() if p.grad is not None]
                 )
@@ -194,18 +233,44 @@ class Engine:
         self.progress.update(1)
         return output, True
 
-    def check_finite(self, loss: torch.Tensor, where: str) -> None:
-        """Stop every rank together when any rank's loss is NaN/inf, before it reaches the weights or a
-        checkpoint; the error names the step and the last good checkpoint to resume from."""
-        bad = (~torch.isfinite(loss.detach())).float()
-        if self.num_processes > 1:
-            bad = self.accelerator.reduce(bad, "sum")
-        if bad.item() == 0:
-            return
+    def _watch(self, loss: torch.Tensor, where: str) -> None:
+        """Record on the device, without a host read, the first micro-step of the window whose loss is not
+        finite (its index and loss) and how many were."""
+        bad = ~torch.isfinite(loss.float())
+        if self.bad is None:
+            self.bad = torch.zeros(3, device=loss.device)  # [count, first micro-step index, its loss]
+            self.bad[1].fill_(-1)
+        first = bad & (self.bad[1] < 0)
+        self.bad[0] += bad.float()
+        self.bad[2] = torch.where(first, loss.float(), self.bad[2])
+        self.bad[1].masked_fill_(first, len(self.window["where"]))
+        self.window["where"].append((self.step + 1, where))
+
+    def verify(self) -> None:
+        """The finite-loss check of the window so far, agreed by every rank (one collective, one host read):
+        raises :class:`TrainingError` naming the first bad step when any rank saw a non-finite loss."""
+        self._gather([])
+
+    def _gather(self, values: list[torch.Tensor]) -> list[list[float]]:
+        """Every rank's ``values`` (scalars) plus its non-finite record, in one all-gather and one host read;
+        raises on a non-finite loss anywhere. Returns one row of ``values`` per rank."""
+        device = self.device
+        bad = self.bad if self.bad is not None else torch.tensor([0.0, -1.0, 0.0], device=device)
+        row = torch.cat([*(v.to(device, torch.float32).reshape(1) for v in values), bad])
+        rows = self.accelerator.gather(row[None]) if self.num_processes > 1 else row[None]
+        rows = rows.tolist()  # the host read
+        ranks = [r for r in rows if r[-3] > 0]
+        if ranks:
+            first = min(ranks, key=lambda r: r[-2])
+            step, where = self.window["where"][int(first[-2])]
+            self._raise_nonfinite(first[-1], step, where, len(ranks))
+        return [r[: len(values)] for r in rows]
+
+    def _raise_nonfinite(self, loss: float, step: int, where: str, ranks: int) -> None:
         found = complete_checkpoints(self.output_dir / "checkpoints")
         raise TrainingError(
-            f"loss is {loss.item()} at step {self.step + 1} ({where}) on {int(bad.item())} rank(s); "
-            "nothing from this step was applied or saved. "
+            f"loss is {loss} at step {step} ({where}) on {ranks} rank(s); the run stopped before any "
+            "checkpoint or model held it. "
             + (
                 f"Last good checkpoint: {found[-1]} (lower --blr/--lr or lengthen --warmup-epochs, then "
                 "--resume auto)"
@@ -216,8 +281,12 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- metrics
 
+    def _log_at(self, step: int) -> bool:
+        return step % self.config.log_every == 0 or step == self.total_steps
+
     def _new_window(self) -> None:
-        self.window = {"sums": {}, "micro": 0, "images": 0, "wait": 0.0, "flops": 0.0}
+        self.window = {"sums": {}, "micro": 0, "images": 0, "wait": 0.0, "flops": 0.0, "where": []}
+        self.bad = None
         self.window_start = time.perf_counter()
 
     def add(self, name: str, value: torch.Tensor) -> None:
@@ -226,14 +295,24 @@ class Engine:
         sums[name] = sums[name] + value if name in sums else value.detach().float().clone()
 
     def log(self, epoch: int, **extra) -> dict:
-        """Close the window: one record to TensorBoard and ``metrics.jsonl``, the progress bar's postfix."""
-        window, elapsed = self.window, time.perf_counter() - self.window_start
+        """Close the window: one record to TensorBoard and ``metrics.jsonl``, the progress bar's postfix.
+        Every tensor of the window (metric sums, the grad norm, the non-finite record) comes back to the
+        host in one all-gather and one read; a non-finite loss in the window stops the run here."""
+        window = self.window
+        names = list(window["sums"])
+        values = [window["sums"][n] / window["micro"] for n in names]
+        grad_norm = self.grad_norm
+        if isinstance(grad_norm, torch.Tensor):
+            values.append(grad_norm.detach())
+        rows = self._gather(values)
+        elapsed = time.perf_counter() - self.window_start  # after the read: the device's work included
         record = {"step": self.step, "epoch": epoch}
-        for name, total in window["sums"].items():
-            record[self.prefix + name] = self.accelerator.reduce(total / window["micro"], "mean").item()
+        for i, name in enumerate(names):
+            record[self.prefix + name] = sum(r[i] for r in rows) / len(rows)
         record[self.prefix + "lr"] = self.lr
-        grad_norm = float(self.grad_norm) if self.grad_norm is not None else float("nan")
-        record[self.prefix + "grad_norm"] = grad_norm
+        if isinstance(grad_norm, torch.Tensor):
+            grad_norm = rows[0][len(names)]  # the same on every rank (gradients are all-reduced)
+        record[self.prefix + "grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         record[self.prefix + "images_per_s"] = window["images"] / elapsed
         record[self.prefix + "data_wait_fraction"] = window["wait"] / elapsed
         if window["flops"]:  # GFLOPs per image, TFLOP/s per rank, MFU on a known GPU
@@ -265,6 +344,7 @@ class Engine:
     def checkpoint(self, state: dict, keep_last: int) -> Path:
         """Every rank: write the model, optimizer, RNG and ``state`` (+ the step) as a complete
         checkpoint, atomically (``checkpoint.py``)."""
+        self.verify()  # a non-finite loss since the last log never reaches a checkpoint
         state = {"step": self.step, **state}
         return save_checkpoint(self.accelerator, self.output_dir / "checkpoints", self.step, state, keep_last)
 
@@ -282,6 +362,7 @@ class Engine:
         so the state goes through a ZeRO checkpoint (``checkpoints/<staging>``) that is consolidated on the
         main process."""
         accelerator = self.accelerator
+        self.verify()  # nor the saved model
         accelerator.wait_for_everyone()
         final = None
         if self.deepspeed:

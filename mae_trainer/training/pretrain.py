@@ -79,9 +79,10 @@ def check(config: PretrainConfig, world: int) -> Plan:
         init_from = check_init_from(config.init_from, config.model).folder
     with about("data"):
         count = check_beton(config.data)
-    if config.recon_data is not None:
-        with about("recon_data"):
-            check_beton(config.recon_data)
+    for key in ("recon_data", "eval_data"):  # held-out sets: refused now, not at their first use
+        if getattr(config, key) is not None:
+            with about(key):
+                check_beton(getattr(config, key))
     batches = [(count // world) // schedule.stage(epoch).batch_size for epoch in range(config.epochs)]
     if min(batches) < config.grad_accum:
         raise ConfigError(
@@ -123,8 +124,10 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from ..data.train_loader import ProgressiveLoader
     from ..modeling import MAEConfig, MAEForPreTraining
     from ..modeling.flops import mae_training_flops_per_image
-    from .engine import Engine
+    from ..modeling.modeling_mae import kept_patches
+    from .engine import Engine, adamw, compile_in_place, compiled_graphs
     from .init_from import init_weights
+    from .online_eval import OnlineEval
     from .schedules import optimizer_steps_before, scaled_lr
     from .visualize import reconstruction_grid, save_png
 
@@ -145,6 +148,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 f"{world_size()} rank(s) and --seed {config.seed}. Resume with the same ranks and seed (each "
                 "rank's data shard and position depend on them)",
             )
+    evaluator = OnlineEval(config, plan.batch_size, world_size()) if config.eval_data else None
     engine = Engine(config, micro_batch=plan.batch_size, name="pretrain")
     output_dir = config.output_dir
 
@@ -165,6 +169,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         crop_decode=config.crop_decode,
         interpolation=config.interpolation,
         batches_ahead=config.batches_ahead,
+        device=engine.device,
     )
     effective_batch = plan.batch_size * config.grad_accum * engine.num_processes
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, effective_batch)
@@ -176,7 +181,15 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     warmup_steps = optimizer_steps_before(config.warmup_epochs, plan.batches, config.grad_accum)
 
     groups = param_groups_weight_decay(model, config.weight_decay, model.no_weight_decay())
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95))
+    optimizer = adamw(groups, peak_lr, (0.9, 0.95), engine.device)
+    if config.compile:
+        shapes = set()
+        for epoch in range(config.epochs):
+            stage = plan.schedule.stage(epoch)
+            grid = (stage.resolution // config.patch_size) ** 2
+            shapes.add((stage.batch_size, stage.resolution, kept_patches(grid, stage.mask_ratio)))
+        compile_in_place(model, graphs=len(shapes))
+        graphs_before = compiled_graphs()
     model, optimizer = engine.prepare(model, optimizer)
     dtype = next(model.parameters()).dtype
     mean = stats_tensor(model_config.image_mean, engine.device)
@@ -253,15 +266,23 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 log_reconstruction(engine, engine.accelerator.unwrap_model(model), recon_images)
             if engine.done:
                 break
+        if evaluator is not None:  # before the epoch-end checkpoint: a resumed run never skips one
+            evaluator.after_epoch(engine, model, epoch)
         if not engine.done:  # epoch end: the resume point after a crash (the last step saves the model)
             if engine.accelerator.sync_gradients:
                 checkpoint()
             else:
                 checkpoint_due = True
 
+    if config.compile:
+        engine.print(
+            f"torch.compile: {compiled_graphs() - graphs_before} graph(s) compiled for {len(shapes)} stage "
+            "shape(s) (side, batch, kept tokens)"
+        )
     final = engine.save_model(model, MAEForPreTraining, model_config)
     if recon_images is not None:
-        picture = reconstruction_grid(final.float().cpu(), recon_images)
+        with torch.compiler.set_stance("force_eager"):  # a compiled model: no graph for this one call
+            picture = reconstruction_grid(final.float().cpu(), recon_images)
         save_png(picture, output_dir / "reconstruction.png")
         engine.log_image("reconstruction", picture)
     if engine.is_main and config.push_to_hub:
@@ -310,7 +331,10 @@ def log_reconstruction(engine, model, images) -> None:
 
     if not engine.is_main:
         return
-    picture = reconstruction_grid(model, images)
+    import torch
+
+    with torch.compiler.set_stance("force_eager"):  # a compiled model: no graph for an occasional grid
+        picture = reconstruction_grid(model, images)
     folder = engine.output_dir / "reconstructions"
     folder.mkdir(exist_ok=True)
     save_png(picture, folder / f"step_{engine.step:08d}.png")
