@@ -12,19 +12,22 @@ Cases:
   (``mae_trainer.training.throughput``). Ours (``MAEForPreTraining``) against transformers'
   ``ViTMAEForPreTraining`` of the same shapes (hidden 768×12, decoder 512×8, norm_pix_loss, sdpa
   attention; built at 224 px, ``interpolate_pos_encoding=True`` at 160 / 192 as a progressive run with it
-  would do). Eager first, then both compiled through DeepSpeed's ``engine.compile`` (``module.compile`` in
-  place) with ``dynamic=False``: static shapes, **recompiled per stage** (a stage lasts hundreds of epochs,
-  so a compile per side and stage is paid once, and each stage gets kernels for its own shapes). Compile
-  time is reported apart from the rates: the warm-up steps' time beyond as many steady steps, with the
-  graphs compiled and the graph breaks (DeepSpeed's forward pre-hook breaks the graph once, before the
-  model: its throughput timer calls ``time.time``). Our position table caches one table per grid; a model
-  compiled before that cache holds the stage's grid compiles twice there (cache miss, then hit): here the
-  eager phase has filled it, so both sides compile once per stage.
+  would do). Both sides step with the trainer's optimizer (``engine.adamw``: fused AdamW on CUDA). Eager
+  first, then both compiled as ``pretrain --compile`` compiles (``engine.compile_in_place``:
+  ``nn.Module.compile`` in place, ``dynamic=False``): static shapes, **one graph per stage** (a stage lasts
+  hundreds of epochs, so a compile per side and stage is paid once, and each stage gets kernels for its own
+  shapes; our position table is computed inside the graph under compile, so its cache adds no recompile).
+  Compile time is reported apart from the rates: the warm-up steps' time beyond as many steady steps, with
+  the graphs compiled and the graph breaks. Each line also has ``*_queued_img_per_s``: the same steps
+  queued back to back as ``pretrain`` runs them (no sync between steps), and on CUDA
+  ``*_host_syncs_per_step`` by package (torch's sync debug mode; the trainer's hot path reads nothing back,
+  so ``mae_trainer`` should not appear; DeepSpeed's and torch's own are shown as they are).
 - ``loader`` (one line per resolution): ``ProgressiveLoader`` images/s per CPU core at 160 / 192 / 224 px
   with ``crop_decode=True`` (bicubic, the default), ``num_workers`` = the cores this process may use, on a
   real ``.beton`` written with ``write-dataset``'s defaults (500 px, JPEG q90, ``jpg``) from the embedded
   photos cut at ImageNet-like sizes (short side 300–400 px; ``benchmarks/_photos.py``); timed over several
-  seconds of whole epochs after a warm-up epoch. Baseline: the same loader with ``crop_decode=False``.
+  seconds of whole epochs after a warm-up epoch. Baseline: the same loader with ``crop_decode=False``. On
+  CUDA both put the images on the card as ``pretrain`` does (FFCV ``ToDevice`` from pinned buffers).
 
 Structure: this script is the parent; it runs each case in a child process and relays the children's JSON
 lines. The model child is ``accelerate launch --config_file accelerate_configs/1gpu.yaml`` of this file, so
@@ -57,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -121,6 +125,7 @@ def model_child(args: argparse.Namespace) -> None:
     from mae_trainer import MAEConfig
     from mae_trainer.data.normalize import normalize, stats_tensor
     from mae_trainer.modeling.flops import mae_training_flops_per_image
+    from mae_trainer.training.engine import compile_in_place
     from mae_trainer.training.throughput import peak_bf16_tflops, window_throughput
 
     config = MAEConfig.from_preset(args.preset, image_size=STAGES[-1][0], mask_ratio=STAGES[-1][1])
@@ -172,6 +177,34 @@ def model_child(args: argparse.Namespace) -> None:
         peak = (torch.cuda.max_memory_allocated(device) - resting) / 2**30 if cuda else None
         return seconds, peak
 
+    def queued(side, images, mask, steps: int, count_syncs: bool) -> tuple[float, dict | None]:
+        """``steps`` steps queued back to back as ``pretrain`` runs them (no sync between steps, one at
+        the end): images/s; with ``count_syncs`` (CUDA), the host syncs per step by the package whose code
+        asked for them, from torch's sync debug mode (the trainer's own hot path should show none)."""
+        sync()
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if count_syncs:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    side.engine.set_lr(side.optimizer, 1.5e-4, 0)
+                    pixels = normalize(images, mean, std, side.dtype)
+                    forward = side.forward(pixels, mask)
+                    side.engine.micro_step(side.model, side.optimizer, forward, images=args.batch, where=TAG)
+            finally:
+                if count_syncs:
+                    torch.cuda.set_sync_debug_mode(0)
+        sync()
+        rate = args.batch * steps / (time.perf_counter() - start)
+        if not count_syncs:
+            return rate, None
+        found = collections.Counter(
+            sync_source(w.filename) for w in caught if "synchroniz" in str(w.message).lower()
+        )
+        return rate, {source: round(n / steps, 2) for source, n in sorted(found.items())}
+
     def graphs() -> tuple[int, dict]:
         return counters["stats"]["unique_graphs"], dict(counters["graph_break"])
 
@@ -183,8 +216,8 @@ def model_child(args: argparse.Namespace) -> None:
     for phase in phases:
         compiled = phase == "compiled"
         if compiled:
-            for side in sides.values():  # DeepSpeed's API: module.compile(...) in place, NVTX ranges off
-                side.model.compile(backend=args.compile_backend, compile_kwargs={"dynamic": False})
+            for side in sides.values():  # the trainer's --compile: the module in place, static shapes
+                compile_in_place(side.raw, graphs=len(STAGES), backend=args.compile_backend)
         for resolution, mask in STAGES:
             images = torch.randint(0, 256, (args.batch, 3, resolution, resolution), dtype=torch.uint8)
             images = images.to(device)
@@ -204,14 +237,18 @@ def model_child(args: argparse.Namespace) -> None:
                     seconds[kind].append(took)
                     peaks[kind].append(peak)
             compiled_while_timed = graphs()[0] - before
+            queued_rate, syncs = {}, {}
+            for kind, side in sides.items():
+                syncs[kind] = queued(side, images, mask, min(args.steps, 4), cuda)[1] if cuda else None
+                queued_rate[kind] = queued(side, images, mask, args.steps, False)[0]
             flops = mae_training_flops_per_image(config, resolution, mask)
             line = {
                 **common,
                 "resolution": resolution,
                 "mask_ratio": mask,
                 "compile": (
-                    f"DeepSpeedEngine.compile(backend={args.compile_backend!r}, dynamic=False): the "
-                    "module compiled in place, static shapes, recompiled per stage"
+                    f"pretrain --compile (engine.compile_in_place: nn.Module.compile(backend="
+                    f"{args.compile_backend!r}, dynamic=False) in place, static shapes, one graph per stage)"
                     if compiled
                     else "off"
                 ),
@@ -231,6 +268,8 @@ def model_child(args: argparse.Namespace) -> None:
                 line[f"{kind}_mfu"] = round(rate["mfu"], 4) if "mfu" in rate else None
                 line[f"{kind}_step_peak_gib"] = round(max(peaks[kind]), 2) if cuda else None
                 line[f"{kind}_first_step_s"] = round(warm[kind][0], 2)
+                line[f"{kind}_queued_img_per_s"] = round(queued_rate[kind], 2)  # no sync between steps
+                line[f"{kind}_host_syncs_per_step"] = syncs[kind]  # by package; CUDA only
                 if compiled:  # the warm-up steps' time above steady ones: every compile of the stage
                     line[f"{kind}_compile_s"] = round(sum(warm[kind]) - args.warmup * steady, 2)
                     line[f"{kind}_graphs_compiled"] = new_graphs[kind]
@@ -245,6 +284,14 @@ def model_child(args: argparse.Namespace) -> None:
             emit(line)
     for side in sides.values():
         side.engine.finish()
+
+
+def sync_source(filename: str) -> str:
+    """The package whose Python line made a host sync (torch attributes the warning to it)."""
+    for package in ("mae_trainer", "deepspeed", "accelerate", "transformers", "timm", "torch"):
+        if f"/{package}/" in filename:
+            return package
+    return "other"
 
 
 class Side:
@@ -270,7 +317,7 @@ def build_side(kind: str, config, batch: int, work: Path, total_steps: int) -> S
     from mae_trainer import MAEForPreTraining
     from mae_trainer.config import TrainingConfig
     from mae_trainer.modeling.convert import vit_mae_config
-    from mae_trainer.training.engine import Engine
+    from mae_trainer.training.engine import Engine, adamw
 
     engine = Engine(TrainingConfig(output_dir=work / kind, batch_size=batch), micro_batch=batch, name=kind)
     torch.manual_seed(0)
@@ -286,7 +333,7 @@ def build_side(kind: str, config, batch: int, work: Path, total_steps: int) -> S
         no_decay = {"vit.embeddings.cls_token", "decoder.mask_token"}
     raw.train()
     groups = param_groups_weight_decay(raw, 0.05, no_decay)
-    optimizer = torch.optim.AdamW(groups, lr=1.5e-4, betas=(0.9, 0.95))
+    optimizer = adamw(groups, 1.5e-4, (0.9, 0.95), engine.device)  # the trainer's: fused on CUDA
     model, optimizer = engine.prepare(raw, optimizer)
     assert engine.deepspeed, "expected a DeepSpeed engine (launch with an accelerate config)"
     engine.start(total_steps, {}, fresh=True)
@@ -300,6 +347,8 @@ def loader_child(args: argparse.Namespace) -> None:
     """Loader images/s per core, crop decode against whole-image decode, at each stage's side."""
     import resource
 
+    import numpy as np  # noqa: F401  (numpy before torch, as pretrain)
+    import torch
     from _photos import photo_folder
 
     from mae_trainer.data.schedules import ResolutionSchedule
@@ -307,6 +356,7 @@ def loader_child(args: argparse.Namespace) -> None:
     from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
 
     work, workers = Path(args.child_dir), cores()
+    device = "cuda" if torch.cuda.is_available() else None  # the trainer's GPU path: ToDevice, pinned
     start = time.perf_counter()
     folder = photo_folder(
         work, per_photo=args.loader_per_photo, min_side=300, max_side=400, max_resolution=500
@@ -326,7 +376,7 @@ def loader_child(args: argparse.Namespace) -> None:
     )
     loaders = {
         crop: ProgressiveLoader(
-            path, schedule, num_workers=workers, seed=0, rank=0, world_size=1, crop_decode=crop
+            path, schedule, num_workers=workers, seed=0, rank=0, world_size=1, crop_decode=crop, device=device
         )
         for crop in (True, False)
     }
@@ -365,6 +415,7 @@ def loader_child(args: argparse.Namespace) -> None:
         "batch": args.loader_batch,
         "num_workers": workers,
         "interpolation": "bicubic",
+        "device": device or "cpu",
         "baseline": BASELINE_LOADER,
     }
     for index, (resolution, _) in enumerate(STAGES):

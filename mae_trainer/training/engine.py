@@ -80,17 +80,17 @@ def adamw(groups, lr: float, betas: tuple[float, float], device: torch.device) -
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
-def compile_in_place(model: torch.nn.Module, graphs: int) -> None:
+def compile_in_place(model: torch.nn.Module, graphs: int, **options) -> None:
     """``torch.compile`` ``model`` in place (``nn.Module.compile``: its state dict, checkpoints and
     ``save_pretrained`` are unchanged), before ``prepare`` (DeepSpeed's engine and DDP then call the
     compiled module). Static shapes (``dynamic=False``): a stage lasts many epochs, so each of its shapes
     (side, batch, kept tokens) gets its own kernels, compiled once when it first appears. ``graphs`` is
     how many such shapes the run has: dynamo's recompile limit is raised to hold them all (past its limit
-    it would fall back to eager without a word)."""
+    it would fall back to eager without a word). ``options`` go to ``torch.compile`` (e.g. ``backend``)."""
     import torch._dynamo.config as dynamo
 
     dynamo.recompile_limit = max(dynamo.recompile_limit, graphs + 2)
-    model.compile(dynamic=False)
+    model.compile(dynamic=False, **options)
 
 
 def compiled_graphs() -> int:
