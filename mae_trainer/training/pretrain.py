@@ -235,6 +235,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     for epoch in range(start_epoch, config.epochs):
         if engine.done:
             break
+        stage = plan.schedule.stage(epoch)  # what loader.epoch applies; the FLOPs follow it
+        flops_per_image = mae_training_flops_per_image(model_config, stage.resolution, stage.mask_ratio)
         for batch in engine.timed(loader.epoch(epoch)):
             engine.set_lr(optimizer, peak_lrs[epoch], warmup_steps)
             pixels = normalize(batch.images.to(engine.device, non_blocking=True), mean, std, dtype)
@@ -244,9 +246,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                 lambda: model(pixels, mask_ratio=batch.mask_ratio),  # noqa: B023 (called at once)
                 images=batch.images.shape[0],
                 where=f"epoch {epoch}, batch {batch.index}",
-                flops_per_image=mae_training_flops_per_image(
-                    model_config, batch.resolution, batch.mask_ratio
-                ),
+                flops_per_image=flops_per_image,
             )
             if not stepped:
                 continue
