@@ -12,19 +12,29 @@ import sys
 
 import pytest
 
+from mae_trainer.training.trackers import wandb_run_id
+
 from .conftest import BIN, ROOT, run_main, small_embedded_beton, wandb_offline_env
 
 
 def wandb_history(run_file) -> list[dict]:
-    """The ``history`` records (one per logged step) of an offline run's ``.wandb`` file, decoded with wandb's
-    own protobuf ``Record``. The file is wandb's record log (LevelDB's log format): a 7-byte ``:W&B`` header,
-    then 32 KiB blocks of chunks, each ``crc32c(4) length(2) type(1)`` + data; types 1 (full) or 2/3/4
-    (first/middle/last part) of a record."""
+    """The ``history`` records (one per logged step) of an offline run's ``.wandb`` file."""
+    return [
+        {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.item}
+        for record in wandb_records(run_file, "history")
+    ]
+
+
+def wandb_records(run_file, record_type: str) -> list:
+    """The records of one ``record_type`` (``history``, ``run``, ...) of an offline ``.wandb`` file, decoded
+    with wandb's own protobuf ``Record``. The file is wandb's record log (LevelDB's log format): a 7-byte
+    ``:W&B`` header, then 32 KiB blocks of chunks, each ``crc32c(4) length(2) type(1)`` + data; types 1
+    (full) or 2/3/4 (first/middle/last part) of a record."""
     from wandb.proto import wandb_internal_pb2
 
     data = run_file.read_bytes()
     assert data[:4] == b":W&B", data[:7]
-    block, pos, pending, history = 32768, 7, b"", []
+    block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
@@ -38,11 +48,9 @@ def wandb_history(run_file) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                history.append(
-                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
-                )
-    return history
+            if record.WhichOneof("record_type") == record_type:
+                records.append(getattr(record, record_type))
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,47 @@ def test_wandb_offline_run_holds_the_logged_loss_and_images(data, tmp_path):
     ).is_file()
     # the run went to --output-dir, not to $WANDB_DIR
     assert not list((tmp_path / "wandb_home" / "dir").glob("wandb/*run-*"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_its_wandb_run(data, tmp_path):
+    """``--resume`` logs into the W&B run of the run it resumes (offline: a second ``offline-run-*`` folder
+    with the same run id, its steps after the checkpoint's); a run in another output folder is another run."""
+    env = wandb_offline_env(tmp_path)
+    out, other = tmp_path / "run", tmp_path / "other"
+    longer = ("--epochs", "2", "--save-every", "1")
+    pretrain(data, out, "wandb", env, *longer, "--max-steps", "2")  # checkpoint step_1, model at step 2
+    (first,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    (run_id,) = [run.run_id for run in wandb_records(first, "run")]
+    assert (out / "wandb" / "run_id").read_text() == run_id + "\n"
+    resume = ("--max-steps", "4", "--resume", "auto", "--overwrite")
+    records = pretrain(data, out, "wandb", env, *longer, *resume)
+    runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2 and first in runs, runs
+    (second,) = [path for path in runs if path != first]
+    assert [run.run_id for run in wandb_records(second, "run")] == [run_id]
+    assert second.name == first.name == f"run-{run_id}.wandb"
+    # each folder holds its own steps: 1-2 before, 2-4 after resuming from the step-1 checkpoint
+    assert [h["_step"] for h in wandb_history(first)] == [1, 2]
+    resumed = [h for h in wandb_history(second) if "train/loss" in h]
+    assert [h["_step"] for h in resumed] == [r["step"] for r in records][-3:] == [2, 3, 4]
+    assert [h["train/loss"] for h in resumed] == [r["loss"] for r in records][-3:]
+
+    pretrain(data, other, "wandb", env, "--max-steps", "1")  # a fresh run elsewhere: a new run id
+    (elsewhere,) = (other / "wandb").glob("offline-run-*/run-*.wandb")
+    (other_id,) = [run.run_id for run in wandb_records(elsewhere, "run")]
+    assert other_id != run_id and (other / "wandb" / "run_id").read_text() == other_id + "\n"
+
+
+def test_wandb_run_id_is_kept_for_resumes_and_new_for_fresh_runs(tmp_path):
+    first = wandb_run_id(tmp_path, fresh=True)
+    assert len(first) == 8 and (tmp_path / "wandb" / "run_id").read_text() == first + "\n"
+    assert wandb_run_id(tmp_path, fresh=False) == first  # --resume: the same run
+    again = wandb_run_id(tmp_path, fresh=True)  # --overwrite without --resume: a new run, stored
+    assert again != first and wandb_run_id(tmp_path, fresh=False) == again
+    assert wandb_run_id(tmp_path / "elsewhere", fresh=False) not in (first, again)  # resumed, none stored
+    assert (tmp_path / "elsewhere" / "wandb" / "run_id").is_file()
+    assert [p.name for p in (tmp_path / "wandb").iterdir()] == ["run_id"]  # no partial file left
 
 
 @pytest.mark.slow

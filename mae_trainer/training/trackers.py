@@ -8,6 +8,9 @@ package is missing is refused before training (accelerate would drop it silently
 Where each tracker writes: TensorBoard to ``OUTPUT/tensorboard/``; Weights & Biases to ``OUTPUT/wandb/`` (its
 ``dir``), project ``$WANDB_PROJECT`` or ``mae-trainer``, run name the output folder's name, job type the
 command. ``WANDB_MODE=offline`` keeps the run on disk (``wandb sync OUTPUT/wandb/offline-run-*`` uploads it).
+A resumed run (``--resume``) continues the W&B run of the output folder: the fresh run writes its id to
+``OUTPUT/wandb/run_id``, and a resumed one passes that id to ``wandb.init`` with ``resume="allow"`` (offline,
+each start writes its own ``offline-run-*`` folder under the one id; ``wandb sync`` uploads them into it).
 
 The parsing and the installed-package check import nothing heavy (the CLI runs them before torch).
 """
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
+import string
 from pathlib import Path
 
 TRACKERS = ("tensorboard", "wandb")
 WANDB_PROJECT = "mae-trainer"
+WANDB_RUN_ID = Path("wandb") / "run_id"  # under the output folder
 
 
 def tracker_names(value: str) -> tuple[str, ...]:
@@ -67,6 +73,34 @@ def make_trackers(names: tuple[str, ...], output_dir: Path, command: str) -> lis
         name = Path(output_dir).resolve().name
         trackers.append(WandBTracker(project, name=name, job_type=command, dir=str(output_dir)))
     return trackers
+
+
+def wandb_run_id(output_dir: Path, *, fresh: bool) -> str:
+    """The W&B run id of a run in ``output_dir``: a resumed run's is the one stored by the run it resumes; a
+    fresh run (or a resumed one with no id stored) gets a new id, stored atomically for later resumes."""
+    path = Path(output_dir) / WANDB_RUN_ID
+    if not fresh and path.is_file():
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    alphabet = string.ascii_lowercase + string.digits  # wandb's own id alphabet (8 characters)
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    from ..publish import publish_text
+
+    publish_text(path, run_id + "\n")
+    return run_id
+
+
+def start_trackers(accelerator, command: str, config: dict, output_dir: Path, *, fresh: bool) -> None:
+    """``accelerator.init_trackers``, the W&B tracker given the output folder's run id first (on the main
+    process, the one that starts the trackers): a resumed run logs into the run it resumes."""
+    from accelerate.tracking import WandBTracker
+
+    if accelerator.is_main_process:
+        for tracker in accelerator.log_with:
+            if isinstance(tracker, WandBTracker):  # its kwargs go to wandb.init when it starts
+                tracker.init_kwargs.update(id=wandb_run_id(output_dir, fresh=fresh), resume="allow")
+    accelerator.init_trackers(command, config=config)
 
 
 def log_image(accelerator, tag: str, picture, step: int) -> None:
