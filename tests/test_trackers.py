@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from mae_trainer.training.trackers import wandb_run_id
+from mae_trainer.training.trackers import report_to_problem, wandb_run_id
 
 from .conftest import BIN, ROOT, run_main, small_embedded_beton, wandb_offline_env
 
@@ -169,6 +169,66 @@ def test_bad_report_to_is_refused_in_one_line(demo_beton, tmp_path, capsys, monk
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
         assert f"--report-to {value}: wandb not installed (pip install wandb" in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.fixture
+def no_wandb_login(monkeypatch, tmp_path):
+    """No W&B credentials or settings of the user's: wandb variables unset, HOME, NETRC and the config folder
+    under ``tmp_path`` (empty), the working folder too (its ``wandb/settings`` is read)."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb_config"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home"
+
+
+def test_online_wandb_without_credentials_is_refused_before_training(
+    demo_beton, tmp_path, capsys, monkeypatch, no_wandb_login
+):
+    out = tmp_path / "out"
+    for value in ("wandb", "all", "tensorboard,wandb"):
+        for command in (
+            ["pretrain", "--data", str(demo_beton)],
+            ["finetune", "--model", "m", "--train", "t"],
+        ):
+            result = run_main(capsys, *command, "--output-dir", str(out), "--report-to", value)
+            assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert result.stderr.startswith(
+                f"mae-trainer: error: --report-to {value}: online W&B needs an API key and none was found "
+                f"(WANDB_API_KEY, or a {no_wandb_login / '.netrc'} entry for api.wandb.ai): "
+                "run `wandb login`, or set WANDB_MODE=offline"
+            ), result.stderr
+    assert not out.exists()
+    assert report_to_problem("tensorboard") is None  # only wandb needs a login
+    # each way wandb finds a key, or does not need one, lets it through
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert "needs an API key" in report_to_problem("wandb")
+    for mode in ("offline", "dryrun", "disabled"):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        assert report_to_problem("wandb") is None
+    monkeypatch.delenv("WANDB_MODE")
+    settings = no_wandb_login / "wandb_config" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[default]\nmode = offline\n")  # what `wandb offline` writes
+    assert report_to_problem("wandb") is None
+    settings.write_text("[default]\nbase_url = https://wandb.example.org\n")  # `wandb login --host`
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert report_to_problem("wandb") is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    netrc = no_wandb_login / ".netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {'a' * 40}\n")
+    netrc.chmod(0o600)
+    assert "entry for wandb.example.org" in report_to_problem("wandb")  # a key for another host
+    settings.write_text("")
+    assert report_to_problem("wandb") is None  # the default host's key
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org/")
+    assert "entry for wandb.example.org" in report_to_problem("wandb")
+    netrc.write_text(f"machine wandb.example.org login user password {'b' * 40}\n")
+    assert report_to_problem("wandb") is None
 
 
 @pytest.mark.slow

@@ -57,7 +57,57 @@ def report_to_problem(value: str | None) -> str | None:
             f"{' and '.join(missing)} not installed (pip install {' '.join(missing)}, or "
             f"pip install -e '.[{','.join(missing)}]' in a checkout)"
         )
+    if "wandb" in names:
+        return wandb_login_problem()
     return None
+
+
+def _wandb_settings() -> dict[str, str]:
+    """The ``[default]`` entries of wandb's settings files (the global one, then this folder's
+    ``wandb/settings``, which wins), where ``wandb login --host`` and ``wandb offline`` write."""
+    import configparser
+
+    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
+    values: dict[str, str] = {}
+    for path in (config_dir / "settings", Path("wandb") / "settings"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        if parser.has_section("default"):
+            values.update(parser.items("default"))
+    return values
+
+
+def wandb_login_problem() -> str | None:
+    """Online W&B without credentials: ``wandb.init`` would stop at a login prompt (or fail) once the model
+    is built; said here, before any work. Credentials are looked up where wandb looks, without importing it:
+    ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, or a netrc entry (``$NETRC``, else ``~/.netrc``) for the
+    W&B host (``WANDB_BASE_URL``, the settings' ``base_url``, else api.wandb.ai)."""
+    import netrc
+    from urllib.parse import urlsplit
+
+    settings = _wandb_settings()
+    mode = os.environ.get("WANDB_MODE") or settings.get("mode") or "online"
+    disabled = os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes")
+    if disabled or mode in ("offline", "dryrun", "disabled"):
+        return None
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None
+    base_url = os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or "https://api.wandb.ai"
+    host = urlsplit(base_url.rstrip("/")).netloc
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(path).authenticators(host) if host else None
+    except (OSError, netrc.NetrcParseError):
+        entry = None
+    if entry is not None and entry[2]:
+        return None
+    return (
+        f"online W&B needs an API key and none was found (WANDB_API_KEY, or a {path} entry for {host}): "
+        "run `wandb login`, or set WANDB_MODE=offline to keep the run on disk (wandb sync uploads it later)"
+    )
 
 
 def make_trackers(names: tuple[str, ...], output_dir: Path, command: str) -> list:
