@@ -19,8 +19,9 @@ Cases:
   shapes; our position table is computed inside the graph under compile, so its cache adds no recompile).
   Compile time is reported apart from the rates: the warm-up steps' time beyond as many steady steps, with
   the graphs compiled and the graph breaks (DeepSpeed's hook around the module calls ``time.time``:
-  a break before the model's graph, seen in the smoke run). Each line also has ``*_queued_img_per_s``: the same steps
-  queued back to back as ``pretrain`` runs them (no sync between steps), and on CUDA
+  a break before the model's graph, seen in the smoke run). Each line also has
+  ``*_queued_img_per_s``: the same steps queued back to back as ``pretrain`` runs them (no sync between
+  steps), and on CUDA
   ``*_host_syncs_per_step`` by package (torch's sync debug mode; the trainer's hot path reads nothing back,
   so ``mae_trainer`` should not appear; DeepSpeed's and torch's own are shown as they are).
 - ``loader`` (one line per resolution): ``ProgressiveLoader`` images/s per CPU core at 160 / 192 / 224 px

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -185,6 +186,7 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path, demo_beton):
         ["pretrain", "--data", str(not_beton), "--model", "tiny"],
         ["pretrain", "--recipe", str(recipe), "--data", str(not_beton)],
         ["pretrain", "--data", str(not_beton), "--report-to", "tensorboard,mlflow"],
+        ["pretrain", "--data", str(demo_beton), "--model", "tiny", "--report-to", "wandb"],  # no W&B login
         ["pretrain", "--data", str(demo_beton), "--model", "tiny", "--init-from", str(folder)],
         ["finetune", "--model", str(folder), "--train", str(not_beton), "--report-to", "none,all"],
         ["pretrain", "--data", str(not_beton), "--eval-data", str(tmp_path / "missing.beton")],
@@ -216,7 +218,13 @@ for argv in {cases!r}:
 heavy = sorted(m for m in ("torch", "transformers", "ffcv", "timm") if m in sys.modules)
 print(statuses, heavy)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # no W&B key, mode or settings of the user's (the --report-to wandb case must find no login)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), NETRC=str(tmp_path / "home" / ".netrc"),
+               WANDB_CONFIG_DIR=str(tmp_path / "home" / "wandb"))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{[0, 0] + [2] * (len(cases) - 2)} []", result.stdout
 

@@ -83,6 +83,53 @@ def test_init_from_our_run_starts_there_and_a_resumed_run_keeps_its_checkpoint(d
 
 
 @pytest.mark.slow
+def test_init_from_a_hub_repo_id_through_hf_endpoint(data, trained, tmp_path, monkeypatch):
+    """A run pushed to the (loopback) Hub, then ``--init-from owner/name`` in a fresh process whose Hub is
+    that server (``HF_ENDPOINT``, an empty ``HF_HOME``): the weights arrive through the real client's
+    download and a ``--lr 0`` run saves them bit for bit. A repo id the Hub does not have: one line, exit 2,
+    no files."""
+    import huggingface_hub.constants
+
+    from mae_trainer.hub import push_to_hub
+
+    from .hub_server import LoopbackHub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # loopback only
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the server speaks LFS
+    with LoopbackHub(tokens={"hf_loopback"}) as hub:
+        url = hub.url
+        push_to_hub(trained, "alice/tiny-run", token="hf_loopback", endpoint=hub.url)  # vit_mae, the default
+        # no token and no cache of the user's: the repo is public, the cache empty
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+        env.update(
+            HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0"
+        )
+        out = tmp_path / "from_hub"
+        log = pretrain(data, out, "--init-from", "alice/tiny-run", "--lr", "0", "--max-steps", "1", env=env)
+        resolved = [r.path.split("/")[-1] for r in hub.requests if "/resolve/" in r.path]
+        assert "weights from --init-from alice/tiny-run" in log
+        assert str(tmp_path / "hf_home") in log  # the folder it came from: the Hugging Face cache
+        assert_weights(out, load_file(trained / "model.safetensors"))  # through vit_mae and back, exactly
+        # config.json and the weights by the Hub's resolve endpoint, the weights' bytes from its LFS "CDN"
+        assert {"config.json", "model.safetensors"} <= set(resolved), resolved
+        assert any(r.method == "GET" and r.path.startswith("/lfs-objects/") for r in hub.requests)
+
+        missing = tmp_path / "missing"
+        result = subprocess.run(
+            [str(BIN / "mae-trainer"), "pretrain", "--data", str(data), "--output-dir", str(missing), *FLAGS,
+             "--init-from", "alice/no-such-run"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert not hub.unhandled, [(r.method, r.path) for r in hub.unhandled]
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("mae-trainer: error: --init-from alice/no-such-run: "), line
+    assert f"fetching it from the Hub ({url}) failed" in line, line
+    assert any("alice/no-such-run" in r.path for r in hub.requests)  # this server, not huggingface.co
+    assert not missing.exists()
+
+
+@pytest.mark.slow
 def test_init_from_under_two_deepspeed_ranks(data, trained, tmp_path):
     """ZeRO-1 BF16: the weights are loaded before DeepSpeed copies them into its fp32 master weights, which
     hold them rounded to bf16 (the precision of the training parameters)."""

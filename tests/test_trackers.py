@@ -12,19 +12,29 @@ import sys
 
 import pytest
 
+from mae_trainer.training.trackers import report_to_problem, wandb_run_id
+
 from .conftest import BIN, ROOT, run_main, small_embedded_beton, wandb_offline_env
 
 
 def wandb_history(run_file) -> list[dict]:
-    """The ``history`` records (one per logged step) of an offline run's ``.wandb`` file, decoded with wandb's
-    own protobuf ``Record``. The file is wandb's record log (LevelDB's log format): a 7-byte ``:W&B`` header,
-    then 32 KiB blocks of chunks, each ``crc32c(4) length(2) type(1)`` + data; types 1 (full) or 2/3/4
-    (first/middle/last part) of a record."""
+    """The ``history`` records (one per logged step) of an offline run's ``.wandb`` file."""
+    return [
+        {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.item}
+        for record in wandb_records(run_file, "history")
+    ]
+
+
+def wandb_records(run_file, record_type: str) -> list:
+    """The records of one ``record_type`` (``history``, ``run``, ...) of an offline ``.wandb`` file, decoded
+    with wandb's own protobuf ``Record``. The file is wandb's record log (LevelDB's log format): a 7-byte
+    ``:W&B`` header, then 32 KiB blocks of chunks, each ``crc32c(4) length(2) type(1)`` + data; types 1
+    (full) or 2/3/4 (first/middle/last part) of a record."""
     from wandb.proto import wandb_internal_pb2
 
     data = run_file.read_bytes()
     assert data[:4] == b":W&B", data[:7]
-    block, pos, pending, history = 32768, 7, b"", []
+    block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
@@ -38,11 +48,9 @@ def wandb_history(run_file) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                history.append(
-                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
-                )
-    return history
+            if record.WhichOneof("record_type") == record_type:
+                records.append(getattr(record, record_type))
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,47 @@ def test_wandb_offline_run_holds_the_logged_loss_and_images(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resumed_run_continues_its_wandb_run(data, tmp_path):
+    """``--resume`` logs into the W&B run of the run it resumes (offline: a second ``offline-run-*`` folder
+    with the same run id, its steps after the checkpoint's); a run in another output folder is another run."""
+    env = wandb_offline_env(tmp_path)
+    out, other = tmp_path / "run", tmp_path / "other"
+    longer = ("--epochs", "2", "--save-every", "1")
+    pretrain(data, out, "wandb", env, *longer, "--max-steps", "2")  # checkpoint step_1, model at step 2
+    (first,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    (run_id,) = [run.run_id for run in wandb_records(first, "run")]
+    assert (out / "wandb" / "run_id").read_text() == run_id + "\n"
+    resume = ("--max-steps", "4", "--resume", "auto", "--overwrite")
+    records = pretrain(data, out, "wandb", env, *longer, *resume)
+    runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2 and first in runs, runs
+    (second,) = [path for path in runs if path != first]
+    assert [run.run_id for run in wandb_records(second, "run")] == [run_id]
+    assert second.name == first.name == f"run-{run_id}.wandb"
+    # each folder holds its own steps: 1-2 before, 2-4 after resuming from the step-1 checkpoint
+    assert [h["_step"] for h in wandb_history(first)] == [1, 2]
+    resumed = [h for h in wandb_history(second) if "train/loss" in h]
+    assert [h["_step"] for h in resumed] == [r["step"] for r in records][-3:] == [2, 3, 4]
+    assert [h["train/loss"] for h in resumed] == [r["loss"] for r in records][-3:]
+
+    pretrain(data, other, "wandb", env, "--max-steps", "1")  # a fresh run elsewhere: a new run id
+    (elsewhere,) = (other / "wandb").glob("offline-run-*/run-*.wandb")
+    (other_id,) = [run.run_id for run in wandb_records(elsewhere, "run")]
+    assert other_id != run_id and (other / "wandb" / "run_id").read_text() == other_id + "\n"
+
+
+def test_wandb_run_id_is_kept_for_resumes_and_new_for_fresh_runs(tmp_path):
+    first = wandb_run_id(tmp_path, fresh=True)
+    assert len(first) == 8 and (tmp_path / "wandb" / "run_id").read_text() == first + "\n"
+    assert wandb_run_id(tmp_path, fresh=False) == first  # --resume: the same run
+    again = wandb_run_id(tmp_path, fresh=True)  # --overwrite without --resume: a new run, stored
+    assert again != first and wandb_run_id(tmp_path, fresh=False) == again
+    assert wandb_run_id(tmp_path / "elsewhere", fresh=False) not in (first, again)  # resumed, none stored
+    assert (tmp_path / "elsewhere" / "wandb" / "run_id").is_file()
+    assert [p.name for p in (tmp_path / "wandb").iterdir()] == ["run_id"]  # no partial file left
+
+
+@pytest.mark.slow
 def test_report_to_none_writes_metrics_and_pictures_only(data, tmp_path):
     out = tmp_path / "run"
     records = pretrain(data, out, "none", wandb_offline_env(tmp_path))
@@ -120,6 +169,66 @@ def test_bad_report_to_is_refused_in_one_line(demo_beton, tmp_path, capsys, monk
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
         assert f"--report-to {value}: wandb not installed (pip install wandb" in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.fixture
+def no_wandb_login(monkeypatch, tmp_path):
+    """No W&B credentials or settings of the user's: wandb variables unset, HOME, NETRC and the config folder
+    under ``tmp_path`` (empty), the working folder too (its ``wandb/settings`` is read)."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb_config"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home"
+
+
+def test_online_wandb_without_credentials_is_refused_before_training(
+    demo_beton, tmp_path, capsys, monkeypatch, no_wandb_login
+):
+    out = tmp_path / "out"
+    for value in ("wandb", "all", "tensorboard,wandb"):
+        for command in (
+            ["pretrain", "--data", str(demo_beton)],
+            ["finetune", "--model", "m", "--train", "t"],
+        ):
+            result = run_main(capsys, *command, "--output-dir", str(out), "--report-to", value)
+            assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert result.stderr.startswith(
+                f"mae-trainer: error: --report-to {value}: online W&B needs an API key and none was found "
+                f"(WANDB_API_KEY, or a {no_wandb_login / '.netrc'} entry for api.wandb.ai): "
+                "run `wandb login`, or set WANDB_MODE=offline"
+            ), result.stderr
+    assert not out.exists()
+    assert report_to_problem("tensorboard") is None  # only wandb needs a login
+    # each way wandb finds a key, or does not need one, lets it through
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert "needs an API key" in report_to_problem("wandb")
+    for mode in ("offline", "dryrun", "disabled"):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        assert report_to_problem("wandb") is None
+    monkeypatch.delenv("WANDB_MODE")
+    settings = no_wandb_login / "wandb_config" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[default]\nmode = offline\n")  # what `wandb offline` writes
+    assert report_to_problem("wandb") is None
+    settings.write_text("[default]\nbase_url = https://wandb.example.org\n")  # `wandb login --host`
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert report_to_problem("wandb") is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    netrc = no_wandb_login / ".netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {'a' * 40}\n")
+    netrc.chmod(0o600)
+    assert "entry for wandb.example.org" in report_to_problem("wandb")  # a key for another host
+    settings.write_text("")
+    assert report_to_problem("wandb") is None  # the default host's key
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org/")
+    assert "entry for wandb.example.org" in report_to_problem("wandb")
+    netrc.write_text(f"machine wandb.example.org login user password {'b' * 40}\n")
+    assert report_to_problem("wandb") is None
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from ..publish import publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
 from .schedules import warmup_cosine_lr
 from .throughput import window_throughput
-from .trackers import log_image, make_trackers
+from .trackers import log_image, make_trackers, start_trackers
 
 
 def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
@@ -152,7 +152,7 @@ class Engine:
         self.total_steps = total_steps
         scalars = {k: str(v) if isinstance(v, Path) else v for k, v in hparams.items()}
         scalars = {k: v for k, v in scalars.items() if isinstance(v, (int, float, str, bool))}
-        self.accelerator.init_trackers(self.name, config=scalars)  # trackers.py: where each one writes
+        start_trackers(self.accelerator, self.name, scalars, self.output_dir, fresh=fresh)  # trackers.py
         if self.is_main and fresh:
             self.metrics_file.write_text("")
         from tqdm.auto import tqdm

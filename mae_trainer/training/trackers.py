@@ -8,6 +8,9 @@ package is missing is refused before training (accelerate would drop it silently
 Where each tracker writes: TensorBoard to ``OUTPUT/tensorboard/``; Weights & Biases to ``OUTPUT/wandb/`` (its
 ``dir``), project ``$WANDB_PROJECT`` or ``mae-trainer``, run name the output folder's name, job type the
 command. ``WANDB_MODE=offline`` keeps the run on disk (``wandb sync OUTPUT/wandb/offline-run-*`` uploads it).
+A resumed run (``--resume``) continues the W&B run of the output folder: the fresh run writes its id to
+``OUTPUT/wandb/run_id``, and a resumed one passes that id to ``wandb.init`` with ``resume="allow"`` (offline,
+each start writes its own ``offline-run-*`` folder under the one id; ``wandb sync`` uploads them into it).
 
 The parsing and the installed-package check import nothing heavy (the CLI runs them before torch).
 """
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
+import string
 from pathlib import Path
 
 TRACKERS = ("tensorboard", "wandb")
 WANDB_PROJECT = "mae-trainer"
+WANDB_RUN_ID = Path("wandb") / "run_id"  # under the output folder
 
 
 def tracker_names(value: str) -> tuple[str, ...]:
@@ -51,7 +57,57 @@ def report_to_problem(value: str | None) -> str | None:
             f"{' and '.join(missing)} not installed (pip install {' '.join(missing)}, or "
             f"pip install -e '.[{','.join(missing)}]' in a checkout)"
         )
+    if "wandb" in names:
+        return wandb_login_problem()
     return None
+
+
+def _wandb_settings() -> dict[str, str]:
+    """The ``[default]`` entries of wandb's settings files (the global one, then this folder's
+    ``wandb/settings``, which wins), where ``wandb login --host`` and ``wandb offline`` write."""
+    import configparser
+
+    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
+    values: dict[str, str] = {}
+    for path in (config_dir / "settings", Path("wandb") / "settings"):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        if parser.has_section("default"):
+            values.update(parser.items("default"))
+    return values
+
+
+def wandb_login_problem() -> str | None:
+    """Online W&B without credentials: ``wandb.init`` would stop at a login prompt (or fail) once the model
+    is built; said here, before any work. Credentials are looked up where wandb looks, without importing it:
+    ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, or a netrc entry (``$NETRC``, else ``~/.netrc``) for the
+    W&B host (``WANDB_BASE_URL``, the settings' ``base_url``, else api.wandb.ai)."""
+    import netrc
+    from urllib.parse import urlsplit
+
+    settings = _wandb_settings()
+    mode = os.environ.get("WANDB_MODE") or settings.get("mode") or "online"
+    disabled = os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes")
+    if disabled or mode in ("offline", "dryrun", "disabled"):
+        return None
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None
+    base_url = os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or "https://api.wandb.ai"
+    host = urlsplit(base_url.rstrip("/")).netloc
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(path).authenticators(host) if host else None
+    except (OSError, netrc.NetrcParseError):
+        entry = None
+    if entry is not None and entry[2]:
+        return None
+    return (
+        f"online W&B needs an API key and none was found (WANDB_API_KEY, or a {path} entry for {host}): "
+        "run `wandb login`, or set WANDB_MODE=offline to keep the run on disk (wandb sync uploads it later)"
+    )
 
 
 def make_trackers(names: tuple[str, ...], output_dir: Path, command: str) -> list:
@@ -67,6 +123,34 @@ def make_trackers(names: tuple[str, ...], output_dir: Path, command: str) -> lis
         name = Path(output_dir).resolve().name
         trackers.append(WandBTracker(project, name=name, job_type=command, dir=str(output_dir)))
     return trackers
+
+
+def wandb_run_id(output_dir: Path, *, fresh: bool) -> str:
+    """The W&B run id of a run in ``output_dir``: a resumed run's is the one stored by the run it resumes; a
+    fresh run (or a resumed one with no id stored) gets a new id, stored atomically for later resumes."""
+    path = Path(output_dir) / WANDB_RUN_ID
+    if not fresh and path.is_file():
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    alphabet = string.ascii_lowercase + string.digits  # wandb's own id alphabet (8 characters)
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    from ..publish import publish_text
+
+    publish_text(path, run_id + "\n")
+    return run_id
+
+
+def start_trackers(accelerator, command: str, config: dict, output_dir: Path, *, fresh: bool) -> None:
+    """``accelerator.init_trackers``, the W&B tracker given the output folder's run id first (on the main
+    process, the one that starts the trackers): a resumed run logs into the run it resumes."""
+    from accelerate.tracking import WandBTracker
+
+    if accelerator.is_main_process:
+        for tracker in accelerator.log_with:
+            if isinstance(tracker, WandBTracker):  # its kwargs go to wandb.init when it starts
+                tracker.init_kwargs.update(id=wandb_run_id(output_dir, fresh=fresh), resume="allow")
+    accelerator.init_trackers(command, config=config)
 
 
 def log_image(accelerator, tag: str, picture, step: int) -> None:
