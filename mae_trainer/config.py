@@ -239,7 +239,8 @@ class TrainingConfig(RunConfig):
     )
     dist_timeout: float = option(
         1800.0,
-        "seconds a collective may wait for the other ranks before the run fails (a dead node)",
+        "seconds a collective may wait for the other ranks before the run fails (a dead node); at start-up "
+        "the ranks wait up to max(this, 600 s) for the slowest one",
         check=positive,
         group="run",
     )

@@ -78,14 +78,26 @@ def kill_tree(pid: int) -> None:
 PAUSE_HOOK = ROOT / "tests" / "pause_hook"
 
 
+def _with_hooks() -> str:
+    """``PYTHONPATH`` with the test hooks' folder first (its sitecustomize runs in every Python process)."""
+    return os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
+
+
 def pause_env(target: Path, marker: Path, when: str = "after") -> dict[str, str]:
     """Environment entries under which a child process, and every Python process it starts, stops for good
     just ``when`` (``"before"`` or ``"after"``) it ``os.replace``s something onto ``target`` (a checkpoint
     being published), after creating ``marker`` (tests/pause_hook/sitecustomize.py). Wait for ``marker``
     with :func:`wait_for`, then :func:`kill_tree`: the kill lands at that point however loaded the machine."""
-    path = os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
     config = {"target": str(target), "when": when, "marker": str(marker)}
-    return {"PYTHONPATH": path, "MAE_TRAINER_TEST_PAUSE": json.dumps(config)}
+    return {"PYTHONPATH": _with_hooks(), "MAE_TRAINER_TEST_PAUSE": json.dumps(config)}
+
+
+def start_delay_env(rank: int, seconds: float, marker: Path) -> dict[str, str]:
+    """Environment entries under which the launched worker of global ``rank`` sleeps ``seconds`` at
+    start-up (a node slow to start), after appending ``pid seconds`` to ``marker``
+    (tests/pause_hook/sitecustomize.py)."""
+    config = {"rank": rank, "seconds": seconds, "marker": str(marker)}
+    return {"PYTHONPATH": _with_hooks(), "MAE_TRAINER_TEST_START_DELAY": json.dumps(config)}
 
 
 def output_tail(log: Path | None, chars: int = 3000) -> str:

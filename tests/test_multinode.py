@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import BIN, ROOT
+from .conftest import BIN, ROOT, start_delay_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -73,8 +73,9 @@ class Node:
 
 
 @contextmanager
-def two_nodes(tmp_path: Path, *args: str):
-    """Start machine 0 and machine 1; on exit SIGKILL whatever either left behind."""
+def two_nodes(tmp_path: Path, *args: str, node_env: dict[int, dict[str, str]] | None = None):
+    """Start machine 0 and machine 1 (``node_env[rank]``: extra environment of one); on exit SIGKILL
+    whatever either left behind."""
     port, run_id = free_port(), uuid.uuid4().hex
     nodes: list[Node] = []
     try:
@@ -101,6 +102,7 @@ def two_nodes(tmp_path: Path, *args: str):
             ]
             log = tmp_path / f"node{rank}.log"
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", TAG: f"{run_id}-{rank}"}
+            env.update((node_env or {}).get(rank, {}))
             with log.open("w") as sink:
                 proc = subprocess.Popen(
                     cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -133,6 +135,16 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
 
+def both_succeed(nodes: list[Node]) -> None:
+    """Wait for both nodes to finish training; fail unless both exit 0."""
+    for node in nodes:
+        try:
+            node.proc.wait(timeout=STARTUP_S + 120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"node {node.rank} still running after {STARTUP_S + 120} s" + tails(nodes))
+    assert [n.proc.returncode for n in nodes] == [0, 0], tails(nodes)
+
+
 FLAGS = (
     "--model tiny --resolution 32 --epochs 100 --warmup-epochs 0 --batch-size 16 --num-workers 1 "
     "--log-every 1 --recon-images 0"
@@ -144,12 +156,7 @@ def test_two_machines_train_and_save_one_model(demo_beton, tmp_path):
     start = time.monotonic()
     args = ("--data", str(demo_beton), "--output-dir", str(out), "--max-steps", "4")
     with two_nodes(tmp_path, *args, *FLAGS) as nodes:
-        for node in nodes:
-            try:
-                node.proc.wait(timeout=STARTUP_S + 120)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"node {node.rank} still running after {STARTUP_S + 120} s" + tails(nodes))
-        assert [n.proc.returncode for n in nodes] == [0, 0], tails(nodes)
+        both_succeed(nodes)
         main_log = nodes[0].output()
     print(f"2 machines x 1 process, 4 steps, saved: {time.monotonic() - start:.0f} s")
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in main_log
@@ -165,6 +172,23 @@ def test_two_machines_train_and_save_one_model(demo_beton, tmp_path):
     lines = records(out)
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in lines)
+
+
+def test_a_machine_slow_to_start_joins_within_the_rendezvous_bound(demo_beton, tmp_path):
+    """Machine 1's rank starts 45 s late (a loaded node importing torch), past --dist-timeout 15 but within
+    the rendezvous bound (10 min, training/rendezvous.py): machine 0 waits for it, then both train and save.
+    That --dist-timeout still bounds every collective afterwards: the lost-machine tests below."""
+    out, marker = tmp_path / "run", tmp_path / "delayed"
+    args = ("--data", str(demo_beton), "--output-dir", str(out), "--max-steps", "2", "--dist-timeout", "15")
+    start = time.monotonic()
+    with two_nodes(tmp_path, *args, *FLAGS, node_env={1: start_delay_env(1, 45, marker)}) as nodes:
+        both_succeed(nodes)
+    print(
+        f"rank 1 started 45 s late, --dist-timeout 15: trained and saved in {time.monotonic() - start:.0f} s"
+    )
+    assert [line.split()[1] for line in marker.read_text().splitlines()] == ["45"]  # one process, rank 1's
+    assert [r["step"] for r in records(out)] == [1, 2]
+    assert (out / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("fault", ["kill", "freeze"])

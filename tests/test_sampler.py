@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+from mae_trainer.data.schedules import ResolutionSchedule, parse_steps, whole_batches
 from mae_trainer.data.train_loader import ProgressiveLoader
 
 NUM = 103  # odd on purpose: 2 ranks leave one sample out, and partial batches are dropped
@@ -59,6 +59,8 @@ def test_shards_are_disjoint_deterministic_and_cover_the_dataset(indexed_beton):
     assert not np.array_equal(loaders[0].sampler.shard(0), loaders[0].sampler.shard(1))
 
     delivered = labels_of(loaders[0], 0)
+    # the rule pretrain.check counts batches with, before FFCV is imported: what the loader delivers
+    assert len(delivered) == whole_batches(NUM, 2, 8) == 6
     assert [lbl for batch in delivered for lbl in batch[0]] == shards[0][
         : 6 * 8
     ].tolist()  # 51 // 8 = 6 batches

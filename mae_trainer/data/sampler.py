@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from ffcv.traversal_order.base import TraversalOrder
 
+from .schedules import whole_batches
+
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None and world_size is not None:
@@ -60,7 +62,7 @@ class ShardedSampler(TraversalOrder):
 
     def batches(self, batch_size: int) -> int:
         """Whole batches of ``batch_size`` in one epoch of this rank's shard."""
-        return (self.num_samples // self.world_size) // batch_size
+        return whole_batches(self.num_samples, self.world_size, batch_size)
 
     def resume_at(self, epoch: int, batch: int) -> None:
         """Start ``epoch`` at batch ``batch`` (the batches before it were consumed before a checkpoint);

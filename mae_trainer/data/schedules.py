@@ -76,6 +76,13 @@ def scaled_batch_size(batch_size: int, resolution: int, reference_resolution: in
     return max(multiple, int(scaled // multiple) * multiple)
 
 
+def whole_batches(num_samples: int, world: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` one rank gets in an epoch of ``num_samples`` shared by ``world`` ranks: each
+    rank's shard is ``num_samples // world`` samples, cut to whole batches (the last partial one dropped).
+    The training sampler's rule, also used by ``pretrain.check`` before FFCV is imported."""
+    return (num_samples // world) // batch_size
+
+
 def parse_steps(text: str) -> list[tuple[int, int, float | None]]:
     """``"0:160:0.5,30:192:0.66,60:224"`` → ``[(0, 160, 0.5), (30, 192, 0.66), (60, 224, None)]``."""
     steps = []

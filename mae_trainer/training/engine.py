@@ -29,6 +29,7 @@ from ..config import TrainingConfig
 from ..errors import TrainingError
 from ..publish import publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
+from .rendezvous import end_rendezvous, rendezvous_timeout
 from .schedules import warmup_cosine_lr
 from .throughput import window_throughput
 from .trackers import log_image, make_trackers, start_trackers
@@ -45,20 +46,23 @@ def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
     import torch.distributed.distributed_c10d as c10d
 
     c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
-    handlers = [InitProcessGroupKwargs(timeout=timeout)]
+    # The ranks meet under a longer bound (a slow node's start is no failure), then --dist-timeout applies.
+    rendezvous = rendezvous_timeout(timeout)
+    handlers = [InitProcessGroupKwargs(timeout=rendezvous)]
     launched = (
         any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK"))
         or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     )
     if launched and not torch.cuda.is_available():
         # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
-        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]
+        handlers = [InitProcessGroupKwargs(backend="gloo", timeout=rendezvous)]
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
         log_with=trackers or None,
         project_dir=str(config.output_dir),
         kwargs_handlers=handlers,
     )
+    end_rendezvous(timeout, rendezvous)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:
         # FFCV's Loader is not a torch DataLoader, so accelerate cannot infer the micro-batch: set it here.

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about, world_size
-from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps
+from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
 from .checkpoint import check_compatible, resolve_resume
 from .init_from import check_init_from
 
@@ -83,7 +83,7 @@ def check(config: PretrainConfig, world: int) -> Plan:
         if getattr(config, key) is not None:
             with about(key):
                 check_beton(getattr(config, key))
-    batches = [(count // world) // schedule.stage(epoch).batch_size for epoch in range(config.epochs)]
+    batches = [whole_batches(count, world, schedule.stage(e).batch_size) for e in range(config.epochs)]
     if min(batches) < config.grad_accum:
         raise ConfigError(
             "batch_size",

@@ -1,4 +1,5 @@
-"""Test-only: stop a child process for good at one exact point of a checkpoint save.
+"""Test-only hooks for launched runs: stop a child process for good at one exact point of a checkpoint save,
+or start one rank late.
 
 Active only where ``MAE_TRAINER_TEST_PAUSE`` is set; ``tests/conftest.py:pause_env`` sets it and puts this
 folder first on ``PYTHONPATH``, so every Python process of a launched run (launcher, agent, ranks) reads this
@@ -7,6 +8,11 @@ then sleeps forever, just ``"before"`` or just ``"after"`` the replace (a checkp
 ``os.replace(step_N.tmp, step_N)``). The test waits for the marker and kills the process tree: the kill lands
 at exactly that point however slow the machine is, instead of whenever a polling loop happens to notice a
 file. A ``sitecustomize`` this one shadows (a distribution's) still runs.
+
+``MAE_TRAINER_TEST_START_DELAY`` (``tests/conftest.py:start_delay_env``): the worker with the given global
+``RANK`` sleeps that many seconds before anything else (a node slow to start, e.g. importing on a loaded
+machine), after appending ``pid seconds`` to the marker file. Only torchrun's workers carry
+``TORCHELASTIC_RESTART_COUNT``: the launcher and torchrun's agent start on time.
 """
 
 from __future__ import annotations
@@ -39,6 +45,13 @@ def _install(config: dict) -> None:
     os.replace = pausing_replace
 
 
+def _delay_start(config: dict) -> None:
+    if "TORCHELASTIC_RESTART_COUNT" in os.environ and os.environ.get("RANK") == str(config["rank"]):
+        with open(config["marker"], "a") as f:
+            f.write(f"{os.getpid()} {config['seconds']}\n")
+        time.sleep(config["seconds"])
+
+
 def _run_shadowed() -> None:
     import importlib.machinery
     import importlib.util
@@ -52,4 +65,6 @@ def _run_shadowed() -> None:
 
 if os.environ.get("MAE_TRAINER_TEST_PAUSE"):
     _install(json.loads(os.environ["MAE_TRAINER_TEST_PAUSE"]))
+if os.environ.get("MAE_TRAINER_TEST_START_DELAY"):
+    _delay_start(json.loads(os.environ["MAE_TRAINER_TEST_START_DELAY"]))
 _run_shadowed()
