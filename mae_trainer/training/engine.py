@@ -72,7 +72,7 @@ def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
 
 def adamw(groups, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
     """torch's AdamW, with its fused kernel (one kernel per step for all tensors) where torch has one for
-    ``device``: CUDA, and the CPU too (there 0.22-0.31× the time of the default step for MAE-S/16's
+    ``device``: CUDA, and the CPU too (there 0.34-0.47× the time of the default step for MAE-S/16's
     parameters: ``benchmarks/fused_adamw.py``). Same update; DeepSpeed's ZeRO-1 wraps it like any torch
     optimizer."""
     try:
