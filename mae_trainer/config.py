@@ -315,7 +315,7 @@ class PretrainConfig(TrainingConfig):
     )
     batches_ahead: int = option(
         4,
-        "batches FFCV prepares in advance (4: at the plateau of benchmarks/batches_ahead.py)",
+        "batches FFCV prepares in advance (4, the DailyMAE authors': benchmarks/batches_ahead.py)",
         check=at_least(1),
         group="data",
     )
