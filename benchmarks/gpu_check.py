@@ -163,17 +163,22 @@ def model_child(args: argparse.Namespace) -> None:
         if cuda:
             torch.cuda.synchronize(device)
 
+    def train_step(side, images, mask) -> None:
+        """One training step of ``side`` as ``pretrain`` runs it (lr, normalise on the device, micro-step)."""
+        side.engine.set_lr(side.optimizer, 1.5e-4, 0)
+        pixels = normalize(images, mean, std, side.dtype)
+        side.engine.micro_step(
+            side.model, side.optimizer, side.forward(pixels, mask), images=args.batch, where=TAG
+        )
+
     def step(side, images, mask) -> tuple[float, float | None]:
-        """One training step of ``side``: seconds, and on CUDA the GiB it allocated above its resting
-        state."""
+        """One training step of ``side``, synced: seconds, and on CUDA the GiB it allocated above its
+        resting state."""
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
             resting = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
-        side.engine.set_lr(side.optimizer, 1.5e-4, 0)
-        pixels = normalize(images, mean, std, side.dtype)
-        forward = side.forward(pixels, mask)
-        side.engine.micro_step(side.model, side.optimizer, forward, images=args.batch, where=TAG)
+        train_step(side, images, mask)
         sync()
         seconds = time.perf_counter() - start
         peak = (torch.cuda.max_memory_allocated(device) - resting) / 2**30 if cuda else None
@@ -191,10 +196,7 @@ def model_child(args: argparse.Namespace) -> None:
                 torch.cuda.set_sync_debug_mode("warn")
             try:
                 for _ in range(steps):
-                    side.engine.set_lr(side.optimizer, 1.5e-4, 0)
-                    pixels = normalize(images, mean, std, side.dtype)
-                    forward = side.forward(pixels, mask)
-                    side.engine.micro_step(side.model, side.optimizer, forward, images=args.batch, where=TAG)
+                    train_step(side, images, mask)
             finally:
                 if count_syncs:
                     torch.cuda.set_sync_debug_mode(0)

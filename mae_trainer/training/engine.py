@@ -299,7 +299,7 @@ class Engine:
         sums[name] = sums[name] + value if name in sums else value.detach().float().clone()
 
     def log(self, epoch: int, **extra) -> dict:
-        """Close the window: one record to TensorBoard and ``metrics.jsonl``, the progress bar's postfix.
+        """Close the window: one record to the trackers and ``metrics.jsonl``, the progress bar's postfix.
         Every tensor of the window (metric sums, the grad norm, the non-finite record) comes back to the
         host in one all-gather and one read; a non-finite loss in the window stops the run here."""
         window = self.window
@@ -331,7 +331,7 @@ class Engine:
         return record
 
     def write(self, record: dict) -> None:
-        """``record`` (``step``, ``epoch`` and metrics) to TensorBoard (as ``train/<name>`` unless the name
+        """``record`` (``step``, ``epoch`` and metrics) to the trackers (as ``train/<name>`` unless the name
         has a ``/``) and, on the main process, as one line of ``metrics.jsonl``."""
         scalars = {(k if "/" in k else f"train/{k}"): v for k, v in record.items() if k not in ("step",)}
         self.accelerator.log(scalars, step=record["step"])
