@@ -67,12 +67,16 @@ def option(
     metavar: str | None = None,
     exclusive: str | None = None,
     recipe: bool = True,
+    resume: str | None = None,
 ) -> Any:
     """A config field: default, help, the values allowed (``choices`` or a ``check`` that returns what is
-    wrong, or None), its help group, the set of flags it excludes on a command line (``exclusive``), and
-    whether it belongs in a recipe (a secret token does not)."""
+    wrong, or None), its help group, the set of flags it excludes on a command line (``exclusive``),
+    whether it belongs in a recipe (a secret token does not), and what a resumed run may do with it
+    (``resume``: ``"same"``, it changes the math of the remaining steps and must equal the checkpoint's;
+    ``"length"``, it changes the run's length, allowed with ``--replan``; None, free to change:
+    :mod:`mae_trainer.training.run_state`)."""
     metadata = {"help": help, "check": check, "choices": choices, "group": group, "metavar": metavar}
-    metadata.update(exclusive=exclusive, recipe=recipe)
+    metadata.update(exclusive=exclusive, recipe=recipe, resume=resume)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -199,9 +203,9 @@ def world_size() -> int:
 class TrainingConfig(RunConfig):
     """Flags shared by the commands that train (pre-training and fine-tuning), declared once here."""
 
-    epochs: int = option(800, "epochs to train", check=at_least(1), group="optimisation")
+    epochs: int = option(800, "epochs to train", check=at_least(1), group="optimisation", resume="length")
     max_steps: int | None = option(
-        None, "stop after this many optimizer steps", check=at_least(1), group="optimisation"
+        None, "stop after this many optimizer steps", check=at_least(1), group="optimisation", resume="length"
     )
     batch_size: int = option(64, "images per process per micro-step", check=at_least(1), group="optimisation")
     global_batch_size: int | None = option(
@@ -212,23 +216,36 @@ class TrainingConfig(RunConfig):
     )
     grad_accum: int = option(1, "micro-steps per optimizer step", check=at_least(1), group="optimisation")
     blr: float = option(
-        1.5e-4, "base lr: lr = blr × effective batch / 256", check=positive, group="optimisation"
+        1.5e-4,
+        "base lr: lr = blr × effective batch / 256",
+        check=positive,
+        group="optimisation",
+        resume="same",
     )
     lr: float | None = option(
         None,
         "absolute peak lr (overrides --blr; 0 keeps the weights)",
         check=at_least(0),
         group="optimisation",
+        resume="same",
     )
-    min_lr: float = option(0.0, "lr at the end of the cosine", check=at_least(0), group="optimisation")
-    warmup_epochs: float = option(40.0, "epochs of linear lr warmup", check=at_least(0), group="optimisation")
+    min_lr: float = option(
+        0.0, "lr at the end of the cosine", check=at_least(0), group="optimisation", resume="same"
+    )
+    warmup_epochs: float = option(
+        40.0, "epochs of linear lr warmup", check=at_least(0), group="optimisation", resume="same"
+    )
     weight_decay: float = option(
-        0.05, "AdamW weight decay (not on norms, biases, tokens)", check=at_least(0), group="optimisation"
+        0.05,
+        "AdamW weight decay (not on norms, biases, tokens)",
+        check=at_least(0),
+        group="optimisation",
+        resume="same",
     )
     num_workers: int = option(8, "data workers per process", check=at_least(0), group="data")
     output_dir: Path = option(Path("runs/pretrain"), "where the model, logs and checkpoints go", group="run")
     overwrite: bool = option(False, "reuse an output directory that holds a model", group="run")
-    seed: int = option(0, "seed of weights, data order and augmentation", group="run")
+    seed: int = option(0, "seed of weights, data order and augmentation", group="run", resume="same")
     log_every: int = option(10, "optimizer steps between log lines", check=at_least(1), group="run")
     report_to: str = option(
         "tensorboard",
@@ -306,12 +323,14 @@ class PretrainConfig(TrainingConfig):
         "decode only the crop region of JPEG samples (libjpeg crop/skip + DCT scaling), as DailyMAE does; "
         "--no-crop-decode decodes whole images (same crops, same seeds)",
         group="data",
+        resume="same",
     )
     interpolation: str = option(
         "bicubic",
         "filter that resizes each crop: bicubic (reference MAE, antialiased like PIL) or area (FFCV)",
         choices=("bicubic", "area"),
         group="data",
+        resume="same",
     )
     batches_ahead: int = option(
         4,
@@ -327,40 +346,54 @@ class PretrainConfig(TrainingConfig):
         "crop side; the final/reference side of a progressive schedule",
         check=positive,
         group="resolution",
+        resume="same",
     )
     progressive: str = option(
-        "constant", "resolution schedule", choices=("constant", "linear", "steps"), group="resolution"
+        "constant",
+        "resolution schedule",
+        choices=("constant", "linear", "steps"),
+        group="resolution",
+        resume="same",
     )
-    start_resolution: int = option(160, "linear: side before the ramp", check=positive, group="resolution")
+    start_resolution: int = option(
+        160, "linear: side before the ramp", check=positive, group="resolution", resume="same"
+    )
     ramp_start_epoch: int = option(
-        0, "linear: first epoch of the ramp", check=at_least(0), group="resolution"
+        0, "linear: first epoch of the ramp", check=at_least(0), group="resolution", resume="same"
     )
     ramp_end_epoch: int = option(
-        0, "linear: epoch the ramp reaches --resolution", check=at_least(0), group="resolution"
+        0, "linear: epoch the ramp reaches --resolution", check=at_least(0), group="resolution", resume="same"
     )
     resolution_multiple: int = option(
-        32, "linear: round sides to this", check=at_least(1), group="resolution"
+        32, "linear: round sides to this", check=at_least(1), group="resolution", resume="same"
     )
     resolution_steps: str | None = option(
         None,
         "steps: EPOCH:RES[:MASK],... e.g. the authors' 0:160:0.5,200:192:0.66,400:224:0.75",
         group="resolution",
+        resume="same",
     )
     mask_schedule: str = option(
         "fixed",
         "constant-visible: mask ratio keeps the encoder's token count of --resolution",
         choices=("fixed", "constant-visible"),
         group="resolution",
+        resume="same",
     )
     scale_batch_with_resolution: bool = option(
         False,
         "scale the per-rank batch by (resolution / side)^2 to keep patches per step; the lr follows each "
         "stage's effective batch (linear rule)",
         group="resolution",
+        resume="same",
     )
-    model: str = option("base", "preset: tiny, small, base, large, huge", group="model")
-    mask_ratio: float = option(0.75, "fraction of patches masked", check=fraction, group="model")
-    no_norm_pix_loss: bool = option(False, "regress raw (not per-patch normalised) pixels", group="model")
+    model: str = option("base", "preset: tiny, small, base, large, huge", group="model", resume="same")
+    mask_ratio: float = option(
+        0.75, "fraction of patches masked", check=fraction, group="model", resume="same"
+    )
+    no_norm_pix_loss: bool = option(
+        False, "regress raw (not per-patch normalised) pixels", group="model", resume="same"
+    )
     gradient_checkpointing: bool = option(
         False, "recompute block activations (saves memory; L/H)", group="model"
     )
@@ -381,6 +414,12 @@ class PretrainConfig(TrainingConfig):
         0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"
     )
     keep_last: int = option(2, "complete checkpoints kept", check=at_least(1), group="ckpt")
+    replan: bool = option(
+        False,
+        "with --resume: accept a changed --epochs/--max-steps; the rest of the lr cosine is stretched or "
+        "shrunk to the new length from where the run stands",
+        group="ckpt",
+    )
     resume: str | None = option(
         None,
         "auto: the newest complete checkpoint in OUTPUT_DIR/checkpoints (if any); or a path",

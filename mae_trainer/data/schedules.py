@@ -76,11 +76,12 @@ def scaled_batch_size(batch_size: int, resolution: int, reference_resolution: in
     return max(multiple, int(scaled // multiple) * multiple)
 
 
-def whole_batches(num_samples: int, world: int, batch_size: int) -> int:
-    """Batches of ``batch_size`` one rank gets in an epoch of ``num_samples`` shared by ``world`` ranks: each
-    rank's shard is ``num_samples // world`` samples, cut to whole batches (the last partial one dropped).
-    The training sampler's rule, also used by ``pretrain.check`` before FFCV is imported."""
-    return (num_samples // world) // batch_size
+def whole_batches(num_samples: int, world: int, batch_size: int, accumulation: int = 1) -> int:
+    """Local batches of ``batch_size`` each of ``world`` ranks gets in an epoch of ``num_samples`` when an
+    optimizer step takes ``accumulation`` of them on every rank: the epoch is cut to whole optimizer steps
+    of the global batch ``world × batch_size × accumulation`` (the rest, fewer than one global batch, is
+    left out). The training sampler's rule, also used by ``pretrain.check`` before FFCV is imported."""
+    return num_samples // (world * batch_size * accumulation) * accumulation
 
 
 def parse_steps(text: str) -> list[tuple[int, int, float | None]]:

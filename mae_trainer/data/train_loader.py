@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .sampler import ShardedSampler
@@ -28,7 +29,9 @@ class Batch:
     labels: torch.Tensor
     stage: Stage
     epoch: int
-    index: int  # batch index within the epoch
+    index: int  # this rank's batch index within the epoch
+    micro_batch: int  # the epoch-wide micro-batch index, the same whatever the layout (sampler.py)
+    noise_seed: int  # seeds this micro-batch's mask noise: a function of (run seed, epoch, micro_batch)
 
     @property
     def resolution(self) -> int:
@@ -37,6 +40,20 @@ class Batch:
     @property
     def mask_ratio(self) -> float:
         return self.stage.mask_ratio
+
+    def mask_noise(self, num_patches: int, device) -> torch.Tensor:
+        """MAE's per-patch masking noise ``(B, num_patches)`` for this micro-batch, drawn on ``device`` from
+        a generator seeded by :attr:`noise_seed`: the same masks on any number of ranks, after a resume,
+        and in every run with the same seed (no host read, no global RNG touched)."""
+        generator = torch.Generator(device=device).manual_seed(self.noise_seed)
+        return torch.rand(self.images.shape[0], num_patches, generator=generator, device=device)
+
+
+def noise_seed(seed: int, epoch: int, micro_batch: int) -> int:
+    """A 63-bit seed for the masks of one micro-batch of one epoch of a run."""
+    return int(
+        np.random.SeedSequence([seed, epoch, micro_batch, 0x6D61736B]).generate_state(1, np.uint64)[0] >> 1
+    )
 
 
 def on_cuda(device) -> bool:
@@ -51,8 +68,9 @@ class ProgressiveLoader:
     training step. ``crop_decode`` decodes only the crop of JPEG samples (same crops, seeded the same way).
     ``interpolation`` resizes the crops: ``"bicubic"`` (reference MAE's PIL bicubic) or ``"area"``.
     ``decoder`` replaces the crop decoder (e.g. crop decode); it must honour a changed
-    ``output_size`` between epochs. ``device``: a CUDA device puts the images there from the pipeline
-    (pinned host buffers, non-blocking copies); otherwise they stay on the host.
+    ``output_size`` between epochs. ``accumulation``: micro-steps per optimizer step (epochs hold whole
+    optimizer steps, :mod:`~mae_trainer.data.sampler`). ``device``: a CUDA device puts the images there
+    from the pipeline (pinned host buffers, non-blocking copies); otherwise they stay on the host.
     """
 
     def __init__(
@@ -64,6 +82,7 @@ class ProgressiveLoader:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        accumulation: int = 1,
         os_cache: bool = True,
         batches_ahead: int = 4,
         decoder=None,
@@ -78,7 +97,7 @@ class ProgressiveLoader:
         from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
 
         self.schedule = schedule
-        self.sampler = ShardedSampler(seed=seed, rank=rank, world_size=world_size)
+        self.sampler = ShardedSampler(seed=seed, rank=rank, world_size=world_size, accumulation=accumulation)
         first = schedule.stage(0)
         if decoder is None:
             decoder = SeededRandomResizedCrop(
@@ -132,26 +151,27 @@ class ProgressiveLoader:
         start = self.sampler.start_batch(epoch)
         self.loader.next_epoch = epoch
         self.position = (epoch, start)
+        sampler, seed = self.sampler, self.sampler.seed
         for index, (images, labels) in enumerate(self.loader, start=start):
             self.position = (epoch, index + 1)
-            yield Batch(images, labels, stage, epoch, index)
+            micro = sampler.micro_batch(index)
+            yield Batch(images, labels, stage, epoch, index, micro, noise_seed(seed, epoch, micro))
         self.sampler.resume_at(-1, 0)
 
     def state_dict(self) -> dict:
+        """The position, layout-free: the epoch and the samples of it consumed by all ranks together."""
         epoch, batch = self.position
-        return {
-            "epoch": epoch,
-            "batch": batch,
-            "seed": self.sampler.seed,
-            "world_size": self.sampler.world_size,
-            "schedule": self.schedule.to_dict(),
-        }
+        global_batch = self.schedule.stage(epoch).batch_size * self.sampler.world_size
+        return {"epoch": epoch, "samples": batch * global_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["world_size"] != self.sampler.world_size or state["seed"] != self.sampler.seed:
+        """Continue at ``state``'s position, saved by this or any other layout of the same global batch."""
+        epoch, samples = state["epoch"], state["samples"]
+        global_batch = self.schedule.stage(epoch).batch_size * self.sampler.world_size
+        if samples % global_batch:
             raise ValueError(
-                f"cannot resume a sampler saved with seed {state['seed']} on {state['world_size']} "
-                f"rank(s) with seed {self.sampler.seed} on {self.sampler.world_size}"
+                f"cannot resume at sample {samples} of epoch {epoch} with {self.sampler.world_size} rank(s) "
+                f"× {global_batch // self.sampler.world_size} images: not a whole number of micro-batches"
             )
-        self.sampler.resume_at(state["epoch"], state["batch"])
-        self.position = (state["epoch"], state["batch"])
+        self.sampler.resume_at(epoch, samples // global_batch)
+        self.position = (epoch, samples // global_batch)

@@ -16,8 +16,6 @@ from ..publish import publish_text
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
-# Config keys that describe the network; resuming with a different value is refused.
-_IGNORED_CONFIG_KEYS = {"transformers_version", "architectures", "torch_dtype", "dtype", "_name_or_path"}
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -48,24 +46,6 @@ def resolve_resume(spec: str | None, root: Path) -> Path | None:
 
 def read_state(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    keys = (set(saved) | set(current)) - _IGNORED_CONFIG_KEYS
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
-
-
-def check_compatible(path: Path, current_config: dict) -> dict:
-    """The checkpoint's state, or ``InputError`` naming the model-config keys that differ."""
-    state = read_state(path)
-    current_config = json.loads(json.dumps(current_config))  # as it would read back (e.g. str dict keys)
-    diff = config_differences(state["model_config"], current_config)
-    if diff:
-        details = ", ".join(
-            f"{k}: {state['model_config'].get(k)!r} → {current_config.get(k)!r}" for k in diff
-        )
-        raise InputError(f"{path}: the model config differs from the checkpoint's ({details})")
-    return state
 
 
 def save_checkpoint(accelerator, root: Path, step: int, state: dict, keep_last: int) -> Path:

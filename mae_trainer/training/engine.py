@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -29,13 +30,16 @@ from ..config import TrainingConfig
 from ..errors import TrainingError
 from ..publish import publish_folder
 from .checkpoint import complete_checkpoints, read_state, save_checkpoint
+from .elastic import universal_config
 from .rendezvous import end_rendezvous, rendezvous_timeout
 from .schedules import warmup_cosine_lr
 from .throughput import window_throughput
 from .trackers import log_image, make_trackers, start_trackers
 
 
-def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
+def make_accelerator(
+    config: TrainingConfig, micro_batch: int, trackers: list, grad_accum: int, load_universal: bool = False
+):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
@@ -57,7 +61,7 @@ def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
         # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
         handlers = [InitProcessGroupKwargs(backend="gloo", timeout=rendezvous)]
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.grad_accum,
+        gradient_accumulation_steps=grad_accum,
         log_with=trackers or None,
         project_dir=str(config.output_dir),
         kwargs_handlers=handlers,
@@ -67,6 +71,8 @@ def make_accelerator(config: TrainingConfig, micro_batch: int, trackers: list):
     if plugin is not None:
         # FFCV's Loader is not a torch DataLoader, so accelerate cannot infer the micro-batch: set it here.
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+        if load_universal:  # a checkpoint of another layout is loaded (elastic.py)
+            universal_config(plugin.deepspeed_config)
     return accelerator
 
 
@@ -108,15 +114,28 @@ class Engine:
     """One training run's accelerator, step counter, lr, metrics window, checkpoints and final save.
 
     ``metric_prefix`` is put before each metric's name in ``metrics.jsonl`` (``""`` → ``loss``,
-    ``"train/"`` → ``train/loss``); the trackers always get ``train/<name>``.
+    ``"train/"`` → ``train/loss``); the trackers always get ``train/<name>``. ``grad_accum`` overrides
+    ``--grad-accum`` (a resumed run's layout derives it); ``load_universal``: a checkpoint of another
+    layout will be loaded (:meth:`resume`).
     """
 
-    def __init__(self, config: TrainingConfig, *, micro_batch: int, name: str, metric_prefix: str = ""):
+    def __init__(
+        self,
+        config: TrainingConfig,
+        *,
+        micro_batch: int,
+        name: str,
+        metric_prefix: str = "",
+        grad_accum: int | None = None,
+        load_universal: bool = False,
+    ):
         self.config = config
         self.name, self.prefix = name, metric_prefix
         self.micro_batch = micro_batch
+        self.grad_accum = grad_accum or config.grad_accum
+        self.cosine = None  # (step, progress) where a --replan re-anchored the lr cosine
         trackers = make_trackers(config.trackers, config.output_dir, name)  # --report-to
-        self.accelerator = make_accelerator(config, micro_batch, trackers)
+        self.accelerator = make_accelerator(config, micro_batch, trackers, self.grad_accum, load_universal)
         self.output_dir: Path = config.output_dir
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +202,9 @@ class Engine:
     def set_lr(self, optimizer, peak_lr: float, warmup_steps: int) -> float:
         """MAE's per-iteration lr (linear warmup, half-cycle cosine to ``--min-lr``) at the current step;
         a group's ``lr_scale`` (layer decay) multiplies it."""
-        lr = warmup_cosine_lr(self.step, self.total_steps, warmup_steps, peak_lr, self.config.min_lr)
+        lr = warmup_cosine_lr(
+            self.step, self.total_steps, warmup_steps, peak_lr, self.config.min_lr, anchor=self.cosine
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.lr = lr
@@ -352,13 +373,48 @@ class Engine:
         state = {"step": self.step, **state}
         return save_checkpoint(self.accelerator, self.output_dir / "checkpoints", self.step, state, keep_last)
 
-    def resume(self, path: Path) -> dict:
-        """Load model, optimizer (DeepSpeed shards included) and every rank's RNG from ``path``; the step
-        counter continues from it. Returns the saved state."""
-        self.accelerator.load_state(str(path))
+    def resume(self, path: Path, saved, model, optimizer) -> dict:
+        """Load model, optimizer and RNG from checkpoint ``path``, written on layout ``saved``
+        (:class:`~mae_trainer.training.run_state.Layout`); the step counter continues from it. Returns the
+        saved state.
+
+        The same number of ranks and engine: accelerate's ``load_state`` (bit-exact, every rank's RNG).
+        Another number of DeepSpeed ranks, or one process without DeepSpeed: the optimizer state goes
+        through DeepSpeed's universal checkpoint (``elastic.py``); the RNG files of the old ranks do not
+        map onto the new ones and are not loaded (the streams that matter are keyed: ``run_state.py``)."""
         state = read_state(path)
+        engine = "deepspeed" if self.deepspeed else "torch"
+        if (saved.ranks, saved.engine) == (self.num_processes, engine) or saved.engine == "torch":
+            self.accelerator.load_state(str(path))  # a torch optimizer state is whole on every rank
+        else:
+            self._load_elsewhere(path, model, optimizer)
         self.step = state["step"]
         return state
+
+    def _load_elsewhere(self, path: Path, model, optimizer) -> None:
+        from . import elastic
+
+        staging = elastic.staging_folder(path)
+        error = None
+        if self.is_main:
+            try:
+                elastic.convert(path, staging)
+            except TrainingError as err:
+                error = err
+        failed = torch.tensor(float(error is not None), device=self.device)
+        if self.num_processes > 1:
+            failed = self.accelerator.reduce(failed, "sum")
+        if failed.item():
+            raise error or TrainingError(f"{path}: the conversion failed on the main process")
+        try:
+            if self.deepspeed:
+                model.load_checkpoint(str(staging), tag=elastic.TAG, load_lr_scheduler_states=False)
+            else:
+                elastic.load_universal_into_torch(staging, self.accelerator.unwrap_model(model), optimizer)
+        finally:
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def save_model(self, model, model_class, config, staging: str = "final"):
         """Save fp32 weights with ``save_pretrained`` into the output directory (returns the fp32 model on

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
-from .checkpoint import check_compatible, resolve_resume
+from .checkpoint import read_state, resolve_resume
 from .init_from import check_init_from
+from .run_state import KEY as RUN_KEY
+from .run_state import Layout, RunState, data_identity, recipe_of, resume_layout
+from .schedules import cosine_progress, optimizer_steps_before
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -32,6 +35,32 @@ class Plan:
     batches: list[int]  # micro-batches per rank in each epoch
     resume: Path | None
     init_from: Path | None = None  # the resolved --init-from folder; None when a checkpoint is resumed
+    run: RunState | None = None  # the resume contract of this run (run_state.py)
+    saved: RunState | None = None  # the contract of the checkpoint resumed, if any
+    layout_note: str | None = None  # how the layout differs from the checkpoint's, if it does
+
+    @property
+    def grad_accum(self) -> int:
+        return self.run.layout.accumulation
+
+    @property
+    def total_steps(self) -> int:
+        return total_steps(self.batches, self.grad_accum, self.run.length["max_steps"])
+
+    @property
+    def elastic(self) -> bool:
+        """The checkpoint resumed was written by another number of ranks or another engine."""
+        if self.saved is None:
+            return False
+        return (self.saved.layout.ranks, self.saved.layout.engine) != (
+            self.run.layout.ranks,
+            self.run.layout.engine,
+        )
+
+
+def total_steps(batches: list[int], grad_accum: int, max_steps: int | None) -> int:
+    steps = sum(batches) // grad_accum
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 # The config field behind each ResolutionSchedule argument (a ScheduleError names the argument at fault).
@@ -67,13 +96,23 @@ def make_schedule(config: PretrainConfig, batch_size: int) -> ResolutionSchedule
 
 
 def check(config: PretrainConfig, world: int) -> Plan:
-    """Every check that needs neither torch nor a process group: fail before any work or file."""
-    from ..data.beton import check_beton
+    """Every check that needs neither torch nor a process group: fail before any work or file. A resumed
+    run is compared with its checkpoint's contract here, once (run_state.py)."""
+    import os
 
-    batch_size = config.per_rank_batch(world)
-    schedule = make_schedule(config, batch_size)
+    from ..data.beton import check_beton
+    from ..modeling.presets import PRESETS
+
+    engine = "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else "torch"
+    layout = Layout(world, config.per_rank_batch(world), config.grad_accum, engine)
     with about("resume"):
         resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
+    saved, note = None, None
+    if resume is not None:
+        with about("resume"):
+            saved = RunState.of_checkpoint(resume)
+            layout, note = resume_layout(saved.layout, world, layout.batch, layout.accumulation)
+        layout = dataclasses.replace(layout, engine=engine)
     init_from = None
     if config.init_from is not None and resume is None:  # a preempted --init-from run resumes, not re-inits
         init_from = check_init_from(config.init_from, config.model).folder
@@ -83,14 +122,38 @@ def check(config: PretrainConfig, world: int) -> Plan:
         if getattr(config, key) is not None:
             with about(key):
                 check_beton(getattr(config, key))
-    batches = [whole_batches(count, world, schedule.stage(e).batch_size) for e in range(config.epochs)]
-    if min(batches) < config.grad_accum:
+    schedule = make_schedule(config, layout.batch)
+    batches = [
+        whole_batches(count, world, schedule.stage(e).batch_size, layout.accumulation)
+        for e in range(config.epochs)
+    ]
+    if min(batches) == 0:
         raise ConfigError(
             "batch_size",
-            batch_size,
-            f"{world} process(es) × {config.grad_accum} accumulation steps need more images than "
-            f"{config.data} holds ({count})",
+            layout.batch,
+            f"{layout.describe()} images per optimizer step: more than {config.data} holds ({count})",
         )
+    model = {**PRESETS[config.model], "image_size": config.resolution, "mask_ratio": config.mask_ratio,
+             "norm_pix_loss": not config.no_norm_pix_loss}  # fmt: skip
+    run = RunState(
+        command=config.command,
+        model=model,
+        recipe=recipe_of(config, "same"),
+        length=recipe_of(config, "length"),
+        stages=stages_of(schedule, config.epochs, layout),
+        data=data_identity(config.data, count),
+        layout=layout,
+    )
+    if saved is not None:
+
+        def batches_for(epochs: int) -> list[int]:
+            return [
+                whole_batches(count, world, schedule.stage(e).batch_size, layout.accumulation)
+                for e in range(epochs)
+            ]
+
+        run = check_resume(config, resume, saved, run, batches_for)
+    plan = Plan(layout.batch, schedule, batches, resume, init_from, run, saved, note)
     if config.push_to_hub:
         from huggingface_hub.errors import HFValidationError
         from huggingface_hub.utils import validate_repo_id
@@ -106,7 +169,56 @@ def check(config: PretrainConfig, world: int) -> Plan:
         with about("hub_endpoint"):
             check_endpoint(config.hub_endpoint)
     config.check_output()
-    return Plan(batch_size, schedule, batches, resume, init_from)
+    return plan
+
+
+def stages_of(schedule: ResolutionSchedule, epochs: int, layout: Layout) -> list[list]:
+    """``[first epoch, side, mask ratio, global batch]`` of each stage in ``epochs``: the data schedule
+    without the layout."""
+    stages = []
+    for epoch in range(epochs):
+        stage = schedule.stage(epoch)
+        entry = [
+            stage.resolution,
+            round(stage.mask_ratio, 6),
+            stage.batch_size * layout.ranks * layout.accumulation,
+        ]
+        if not stages or stages[-1][1:] != entry:
+            stages.append([epoch, *entry])
+    return stages
+
+
+def check_resume(config: PretrainConfig, path: Path, saved: RunState, run: RunState, batches_for):
+    """This run against the contract of checkpoint ``path``: every math-changing difference refused in one
+    line (``name: saved → now``); a changed length only with ``--replan``, which re-anchors the cosine
+    where the run stands. Returns the run's contract (with the anchor)."""
+    differences = run.differences(saved, replan=config.replan)
+    if differences:
+        raise ConfigError(
+            "resume",
+            path,
+            "this run differs from the one that wrote it: " + "; ".join(differences) + " (give the "
+            "checkpoint's settings, or a new --output-dir for a new run"
+            + ("; --replan accepts a new --epochs/--max-steps" if not config.replan else "")
+            + ")",
+        )
+    if run.length == saved.length:
+        return dataclasses.replace(run, cosine=saved.cosine)
+    step = read_state(path)["step"]
+    accumulation = run.layout.accumulation
+    new_total = total_steps(batches_for(config.epochs), accumulation, run.length["max_steps"])
+    if new_total <= step:
+        raise ConfigError(
+            "resume",
+            path,
+            f"the run is at step {step}; --epochs {config.epochs}"
+            + (f" --max-steps {config.max_steps}" if config.max_steps else "")
+            + f" ends it at step {new_total}: nothing would be trained",
+        )
+    old_total = total_steps(batches_for(saved.length["epochs"]), accumulation, saved.length["max_steps"])
+    warmup = optimizer_steps_before(config.warmup_epochs, batches_for(config.epochs), accumulation)
+    progress = cosine_progress(step, old_total, warmup, tuple(saved.cosine) if saved.cosine else None)
+    return dataclasses.replace(run, cosine=[step, progress] if step > warmup else None)
 
 
 def run(config: PretrainConfig) -> Path:
@@ -137,19 +249,16 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         mask_ratio=config.mask_ratio,
         norm_pix_loss=not config.no_norm_pix_loss,
     )
-    if plan.resume is not None:
-        with about("resume"):
-            saved = check_compatible(plan.resume, model_config.to_dict())["sampler"]
-        if (saved["world_size"], saved["seed"]) != (world_size(), config.seed):
-            raise ConfigError(
-                "resume",
-                plan.resume,
-                f"saved by {saved['world_size']} rank(s) with --seed {saved['seed']}; this run has "
-                f"{world_size()} rank(s) and --seed {config.seed}. Resume with the same ranks and seed (each "
-                "rank's data shard and position depend on them)",
-            )
+    layout = plan.run.layout
     evaluator = OnlineEval(config, plan.batch_size, world_size()) if config.eval_data else None
-    engine = Engine(config, micro_batch=plan.batch_size, name="pretrain")
+    engine = Engine(
+        config,
+        micro_batch=layout.batch,
+        grad_accum=layout.accumulation,
+        name="pretrain",
+        load_universal=plan.elastic and layout.engine == "deepspeed",
+    )
+    engine.cosine = plan.run.cosine
     output_dir = config.output_dir
 
     # Same seed everywhere for the weights; a rank-specific one for masks and crops.
@@ -165,20 +274,19 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         plan.schedule,
         num_workers=config.num_workers,
         seed=config.seed,
+        accumulation=layout.accumulation,
         os_cache=not config.no_os_cache,
         crop_decode=config.crop_decode,
         interpolation=config.interpolation,
         batches_ahead=config.batches_ahead,
         device=engine.device,
     )
-    effective_batch = plan.batch_size * config.grad_accum * engine.num_processes
+    effective_batch = layout.global_batch
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, effective_batch)
     # The linear rule per stage: a stage whose batch is scaled gets its lr scaled the same way.
     peak_lrs = [peak_lr * plan.schedule.stage(e).batch_size / plan.batch_size for e in range(config.epochs)]
-    total_steps = sum(plan.batches) // config.grad_accum
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup_steps = optimizer_steps_before(config.warmup_epochs, plan.batches, config.grad_accum)
+    total_steps = plan.total_steps
+    warmup_steps = optimizer_steps_before(config.warmup_epochs, plan.batches, layout.accumulation)
 
     groups = param_groups_weight_decay(model, config.weight_decay, model.no_weight_decay())
     optimizer = adamw(groups, peak_lr, (0.9, 0.95), engine.device)
@@ -195,7 +303,10 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     mean = stats_tensor(model_config.image_mean, engine.device)
     std = stats_tensor(model_config.image_std, engine.device)
 
-    resolved = dataclasses.replace(config, batch_size=plan.batch_size)  # the per-rank batch this run used
+    # the per-rank batch and accumulation this run used
+    resolved = dataclasses.replace(
+        config, batch_size=layout.batch, grad_accum=layout.accumulation, global_batch_size=None
+    )
     if engine.is_main:
         write_resolved_config(resolved, output_dir / RESOLVED_CONFIG)
     recon_images = None
@@ -203,12 +314,14 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         recon_images = fixed_images(config.recon_data or config.data, config.resolution, config.recon_images)
     start_epoch = 0
     if plan.resume is not None:
-        state = engine.resume(plan.resume)
+        state = engine.resume(plan.resume, plan.saved.layout, model, optimizer)
         start_epoch = state["sampler"]["epoch"]
         loader.load_state_dict(state["sampler"])
+        if plan.layout_note:
+            engine.print(plan.layout_note)
         engine.print(
             f"resumed from {plan.resume} at step {engine.step} (epoch {start_epoch}, "
-            f"batch {state['sampler']['batch']})"
+            f"{state['sampler']['samples']} images into it)"
         )
     engine.start(total_steps, resolved.to_recipe(), fresh=plan.resume is None)
     if plan.resume is None:
@@ -225,12 +338,12 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         )
 
     def checkpoint() -> None:
-        state = {"sampler": loader.state_dict(), "model_config": model_config.to_dict()}
+        state = {"sampler": loader.state_dict(), RUN_KEY: plan.run.to_dict()}
         engine.checkpoint({**state, "args": resolved.to_recipe()}, config.keep_last)
 
-    # Checkpoints are written at optimizer-step boundaries only, so that no accumulated gradient is pending
-    # (it would be lost on resume): an epoch that ends mid-accumulation saves after the next step.
-    checkpoint_due = False
+    # Checkpoints are written at optimizer-step boundaries only, so that no accumulated gradient is pending;
+    # an epoch holds whole optimizer steps (sampler.py), so its end is one.
+    patch = config.patch_size
     model.train()
     for epoch in range(start_epoch, config.epochs):
         if engine.done:
@@ -240,10 +353,11 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         for batch in engine.timed(loader.epoch(epoch)):
             engine.set_lr(optimizer, peak_lrs[epoch], warmup_steps)
             pixels = normalize(batch.images.to(engine.device, non_blocking=True), mean, std, dtype)
+            noise = batch.mask_noise((batch.resolution // patch) ** 2, engine.device)  # layout-free masks
             _, stepped = engine.micro_step(
                 model,
                 optimizer,
-                lambda: model(pixels, mask_ratio=batch.mask_ratio),  # noqa: B023 (called at once)
+                lambda: model(pixels, noise=noise, mask_ratio=batch.mask_ratio),  # noqa: B023 (called at once)
                 images=batch.images.shape[0],
                 where=f"epoch {epoch}, batch {batch.index}",
                 flops_per_image=flops_per_image,
@@ -257,11 +371,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                     mask_ratio=round(batch.mask_ratio, 4),
                     batch_size=batch.images.shape[0],
                 )
-            if (checkpoint_due or (config.save_every and engine.step % config.save_every == 0)) and (
-                not engine.done
-            ):
+            if config.save_every and engine.step % config.save_every == 0 and not engine.done:
                 checkpoint()
-                checkpoint_due = False
             if recon_images is not None and config.recon_every and engine.step % config.recon_every == 0:
                 log_reconstruction(engine, engine.accelerator.unwrap_model(model), recon_images)
             if engine.done:
@@ -269,10 +380,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         if evaluator is not None:  # before the epoch-end checkpoint: a resumed run never skips one
             evaluator.after_epoch(engine, model, epoch)
         if not engine.done:  # epoch end: the resume point after a crash (the last step saves the model)
-            if engine.accelerator.sync_gradients:
-                checkpoint()
-            else:
-                checkpoint_due = True
+            checkpoint()
 
     if config.compile:
         engine.print(

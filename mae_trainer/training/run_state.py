@@ -1,0 +1,180 @@
+"""The resume contract: what a checkpoint promises about the run that wrote it, built once per run, saved
+with every checkpoint (``trainer_state.json``, key ``"run"``) and compared once when a run resumes.
+
+:class:`RunState` holds
+
+- ``model``: the architecture (preset shapes, image size, mask ratio, loss), the model config's content;
+- ``recipe``: every setting that changes the math of the remaining steps, as declared next to each field
+  in :mod:`mae_trainer.config` (``resume="same"``: lr, warmup, weight decay, schedules, masks, crops,
+  interpolation, seed, ...; ``resume="length"``: ``--epochs``/``--max-steps``);
+- ``stages``: the epochs' (resolution, mask ratio, global batch): the data schedule in layout-free terms;
+- ``data``: the training file's identity (samples, bytes, a digest of its head and tail), not its path;
+- ``layout``: ranks × per-rank batch × accumulation (their product, the global batch, is part of the
+  math; the split is not) and the engine (DeepSpeed ZeRO or plain torch) that wrote the optimizer state;
+- ``cosine``: where a ``--replan`` re-anchored the lr cosine, if one did.
+
+A checkpoint adds the position: the optimizer step and the sampler's ``{epoch, samples}`` (samples of that
+epoch consumed by all ranks together, layout-free). The random streams that shape the math are keyed, not
+stored: crops and flips by (seed, sample, micro-batch), masks by (seed, epoch, micro-batch) (``data/``), so
+they continue identically on any layout; accelerate's per-rank RNG files are restored when the layout is
+the same.
+
+Import-light (no torch): :func:`mae_trainer.training.pretrain.check` uses it before any process group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+KEY = "run"  # where the contract sits in a checkpoint's trainer_state.json
+_DIGEST_SPAN = 1 << 20  # bytes hashed at each end of the data file
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the global batch is split: ``ranks`` × ``batch`` (per rank per micro-step) × ``accumulation``."""
+
+    ranks: int
+    batch: int
+    accumulation: int
+    engine: str = "deepspeed"  # or "torch": which optimizer-state format the checkpoint holds
+
+    @property
+    def global_batch(self) -> int:
+        return self.ranks * self.batch * self.accumulation
+
+    def describe(self) -> str:
+        return (
+            f"{self.ranks} rank(s) × {self.batch} images × {self.accumulation} accumulation step(s) = "
+            f"{self.global_batch}"
+        )
+
+
+def data_identity(path: Path, samples: int) -> dict:
+    """What identifies a data file however it is named or moved: its sample count, its size and a digest
+    of its first and last MiB (cheap on a 100 GB file)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(_DIGEST_SPAN))
+        if size > 2 * _DIGEST_SPAN:
+            f.seek(size - _DIGEST_SPAN)
+            digest.update(f.read(_DIGEST_SPAN))
+    return {"samples": samples, "bytes": size, "sha256_head_tail": digest.hexdigest()[:16]}
+
+
+def recipe_of(config, kind: str) -> dict[str, Any]:
+    """The settings of ``config`` whose declaration says ``resume=kind`` (``"same"`` or ``"length"``)."""
+    values = {}
+    for field in dataclasses.fields(config):
+        if config.declaration(field.name).get("resume") == kind:
+            value = getattr(config, field.name)
+            values[field.name] = str(value) if isinstance(value, Path) else value
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    command: str
+    model: dict
+    recipe: dict
+    length: dict
+    stages: list
+    data: dict
+    layout: Layout
+    cosine: list | None = None  # [step, cosine progress there] after a --replan
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunState:
+        return cls(**{**values, "layout": Layout(**values["layout"])})
+
+    @classmethod
+    def of_checkpoint(cls, path: Path) -> RunState:
+        """The contract saved in checkpoint ``path``; :class:`InputError` naming the file when it has none."""
+        state_file = path / "trainer_state.json"
+        try:
+            saved = json.loads(state_file.read_text())[KEY]
+            return cls.from_dict(saved)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{state_file}: unreadable ({err})") from None
+        except (KeyError, TypeError):
+            raise InputError(
+                f"{state_file}: written by an older mae_trainer without a resume contract; resume it with "
+                "the version that wrote it, or start a new --output-dir"
+            ) from None
+
+    def differences(self, saved: RunState, replan: bool) -> list[str]:
+        """What ``saved`` (the checkpoint's) and this run disagree on, as ``name: saved → now`` items: every
+        math-changing setting; the length only without ``replan``."""
+        found = []
+        for section in ("model", "recipe") + (() if replan else ("length",)):
+            ours, theirs = getattr(self, section), getattr(saved, section)
+            for key in sorted(set(ours) | set(theirs)):
+                if ours.get(key) != theirs.get(key):
+                    name = f"--{key.replace('_', '-')}" if section != "model" else f"model {key}"
+                    found.append(f"{name}: {_show(theirs.get(key))} → {_show(ours.get(key))}")
+        if self.layout.global_batch != saved.layout.global_batch:
+            found.append(f"global batch: {saved.layout.global_batch} → {self.layout.global_batch}")
+        elif self.stages != saved.stages and not replan:
+            found.append(f"stages (epoch, side, mask ratio, global batch): {saved.stages} → {self.stages}")
+        if self.data != saved.data:
+            found.append(f"--data: {_show_data(saved.data)} → {_show_data(self.data)}")
+        return found
+
+
+def _show(value) -> str:
+    return "(unset)" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def _show_data(identity: dict) -> str:
+    return f"{identity['samples']} samples, {identity['bytes']} bytes, digest {identity['sha256_head_tail']}"
+
+
+def resume_layout(saved: Layout, ranks: int, batch: int, accumulation: int) -> tuple[Layout, str | None]:
+    """The layout on ``ranks`` ranks that keeps ``saved``'s global batch, and a line saying what changed
+    (None when the flags already fit). The flags' per-rank ``batch`` and ``accumulation`` are kept when
+    they fit; a flag the user changed is honoured and the other one derived; with neither changed the
+    per-rank batch is kept (the same micro-batches: identical crops and masks) and the accumulation
+    derived, else the accumulation kept and the batch derived, else any split. ``InputError`` when no
+    split of the global batch over ``ranks`` exists."""
+    total = saved.global_batch
+    if ranks * batch * accumulation == total:
+        return Layout(ranks, batch, accumulation, saved.engine), None
+    per_rank = total // ranks if total % ranks == 0 else None
+    candidates = []
+    if per_rank is not None:
+        if batch != saved.batch and accumulation != saved.accumulation:
+            candidates = []  # both flags changed and they do not fit: the global batch itself changed
+        elif batch != saved.batch:
+            candidates = [(batch, per_rank // batch)] if per_rank % batch == 0 else []
+        elif accumulation != saved.accumulation:
+            candidates = [(per_rank // accumulation, accumulation)] if per_rank % accumulation == 0 else []
+        else:
+            if per_rank % batch == 0:
+                candidates.append((batch, per_rank // batch))
+            if per_rank % accumulation == 0:
+                candidates.append((per_rank // accumulation, accumulation))
+            candidates += [(per_rank // a, a) for a in range(1, per_rank + 1) if per_rank % a == 0]
+    if not candidates:
+        fits = [n for n in range(1, min(total, 4096) + 1) if total % n == 0]
+        raise InputError(
+            f"the checkpoint's global batch is {saved.describe()}, and {ranks} rank(s) × --batch-size "
+            f"{batch} × --grad-accum {accumulation} cannot keep it"
+            + (
+                f": with {ranks} ranks give --batch-size × --grad-accum = {per_rank}"
+                if per_rank is not None
+                else f"; launch a number of ranks that divides {total} ({', '.join(map(str, fits[:12]))})"
+            )
+        )
+    new_batch, new_accumulation = candidates[0]
+    layout = Layout(ranks, new_batch, new_accumulation, saved.engine)
+    return layout, f"layout: {saved.describe()} → {layout.describe()} (global batch kept)"
