@@ -48,15 +48,15 @@ def test_shards_are_disjoint_deterministic_and_cover_the_dataset(indexed_beton):
     loaders = [
         ProgressiveLoader(indexed_beton, schedule(), rank=r, world_size=2, num_workers=1) for r in (0, 1)
     ]
-    shards = [loader.sampler.shard(0) for loader in loaders]
-    assert len(shards[0]) == len(shards[1]) == NUM // 2
+    shards = [loader.sampler.shard(0, 8) for loader in loaders]
+    assert len(shards[0]) == len(shards[1]) == (NUM // 16) * 8  # whole global batches of 2 × 8
     assert not set(shards[0]) & set(shards[1])
-    assert len(set(shards[0]) | set(shards[1])) == NUM - 1  # the documented remainder: NUM % world
+    assert len(set(shards[0]) | set(shards[1])) == NUM - NUM % 16  # the documented remainder
     again = ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=2, num_workers=1)
-    assert np.array_equal(again.sampler.shard(0), shards[0]) and np.array_equal(
-        again.sampler.shard(3), loaders[0].sampler.shard(3)
+    assert np.array_equal(again.sampler.shard(0, 8), shards[0]) and np.array_equal(
+        again.sampler.shard(3, 8), loaders[0].sampler.shard(3, 8)
     )
-    assert not np.array_equal(loaders[0].sampler.shard(0), loaders[0].sampler.shard(1))
+    assert not np.array_equal(loaders[0].sampler.shard(0, 8), loaders[0].sampler.shard(1, 8))
 
     delivered = labels_of(loaders[0], 0)
     # the rule pretrain.check counts batches with, before FFCV is imported: what the loader delivers
@@ -82,14 +82,14 @@ def test_resume_inside_an_epoch(indexed_beton):
     it = first.epoch(1)
     head = [next(it).labels.tolist() for _ in range(3)]
     state = json.loads(json.dumps(first.state_dict()))  # survives serialisation
-    assert state["epoch"] == 1 and state["batch"] == 3
+    assert state == {"epoch": 1, "samples": 3 * 8}  # layout-free: images of the epoch consumed
     resumed = ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=1, num_workers=1)
     resumed.load_state_dict(state)
     tail = [b.labels.tolist() for b in resumed.epoch(1)]
     assert head + tail == expected
     assert next(b.index for b in resumed.epoch(2)) == 0  # the next epoch starts from its beginning
-    with pytest.raises(ValueError, match="cannot resume"):
-        ProgressiveLoader(indexed_beton, schedule(), rank=0, world_size=1, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="not a whole number of micro-batches"):
+        ProgressiveLoader(indexed_beton, schedule(16), rank=0, world_size=1).load_state_dict(state)
 
 
 def test_batch_size_changes_with_the_stage(indexed_beton):
@@ -127,7 +127,7 @@ def test_stage_change_and_resume_inside_each_stage(indexed_beton):
         first = make()
         head = [b.labels.tolist() for _, b in zip(range(cut), first.epoch(epoch))]
         state = first.state_dict()
-        assert (state["epoch"], state["batch"]) == (epoch, cut)
+        assert (state["epoch"], state["samples"]) == (epoch, cut * expected[epoch][0][1][0])
         resumed = make()
         resumed.load_state_dict(state)
         tail = run(resumed, epoch)
@@ -168,10 +168,50 @@ def test_two_real_ranks(indexed_beton, tmp_path):
     for epoch in ("epoch0", "epoch1_full"):
         seen = [{lbl for batch in r[epoch] for lbl in batch} for r in ranks]
         assert not seen[0] & seen[1]
-        assert len(seen[0]) == len(seen[1]) == (NUM // 2) // 8 * 8
+        assert len(seen[0]) == len(seen[1]) == NUM // 16 * 8
     for r in ranks:
         assert r["epoch1_resumed"] == r["epoch1_full"]
         assert r["epoch0"] != r["epoch1_full"]
+
+
+def test_order_crops_and_masks_do_not_depend_on_the_layout(indexed_beton):
+    """The sample ids of every optimizer step are the same for every split of the global batch of 32
+    (ranks × per-rank batch × accumulation): an uninterrupted run and one resumed on another number of
+    ranks train on the same images per step. With the same per-rank batch, the micro-batches themselves
+    are the same, delivered as the same pixels (seeded crops) with the same mask noise."""
+    from mae_trainer.data.sampler import ShardedSampler
+
+    def steps(world, batch, accumulation, epoch=2):
+        """Per optimizer step: {micro-batch index: (sample ids, noise seed, pixels)} over all ranks."""
+        found = []
+        for rank in range(world):
+            loader = ProgressiveLoader(indexed_beton, schedule(batch), rank=rank, world_size=world,
+                                       accumulation=accumulation, num_workers=1, seed=7)  # fmt: skip
+            for b in loader.epoch(epoch):
+                step = b.index // accumulation
+                found += [None] * (step + 1 - len(found))
+                found[step] = {**(found[step] or {}), b.micro_batch: (b.labels.tolist(), b.noise_seed,
+                                                                         b.images.clone())}  # fmt: skip
+        return found
+
+    def ids(step_batches):
+        return sorted(i for ids, _, _ in step_batches.values() for i in ids)
+
+    reference = steps(2, 8, 2)  # 2 ranks × 8 × accumulation 2
+    assert len(reference) == NUM // 32 == 3
+    for world, batch, accumulation in [(1, 8, 4), (4, 8, 1), (1, 32, 1), (2, 16, 1)]:
+        other = steps(world, batch, accumulation)
+        assert [ids(s) for s in other] == [ids(s) for s in reference], (world, batch, accumulation)
+        if batch == 8:  # the same micro-batches: same samples in order, same crops, same mask noise
+            for mine, theirs in zip(other, reference):
+                assert mine.keys() == theirs.keys()
+                for g in mine:
+                    assert mine[g][:2] == theirs[g][:2] and torch.equal(mine[g][2], theirs[g][2])
+    # the noise seed of a micro-batch draws the same masks on any device and differs between micro-batches
+    batches = list(ProgressiveLoader(indexed_beton, schedule(), num_workers=1).epoch(0))[:2]
+    assert torch.equal(batches[0].mask_noise(16, "cpu"), batches[0].mask_noise(16, "cpu"))
+    assert not torch.equal(batches[0].mask_noise(16, "cpu"), batches[1].mask_noise(16, "cpu"))
+    assert ShardedSampler(world_size=4, rank=3, accumulation=2).micro_batch(5) == 23
 
 
 def test_crops_and_flips_are_reproducible(indexed_beton):

@@ -159,8 +159,11 @@ class ProgressiveLoader:
         self.sampler.resume_at(-1, 0)
 
     def state_dict(self) -> dict:
-        """The position, layout-free: the epoch and the samples of it consumed by all ranks together."""
+        """The position, layout-free: the epoch and the samples of it consumed by all ranks together (a
+        finished epoch is the start of the next)."""
         epoch, batch = self.position
+        if batch == self.batches_in_epoch(epoch):
+            epoch, batch = epoch + 1, 0
         global_batch = self.schedule.stage(epoch).batch_size * self.sampler.world_size
         return {"epoch": epoch, "samples": batch * global_batch}
 

@@ -112,6 +112,13 @@ def check(config: PretrainConfig, world: int) -> Plan:
         with about("resume"):
             saved = RunState.of_checkpoint(resume)
             layout, note = resume_layout(saved.layout, world, layout.batch, layout.accumulation)
+            if saved.layout.engine == "torch" and engine == "deepspeed":
+                raise ConfigError(
+                    "resume",
+                    resume,
+                    "written by a run without DeepSpeed (torch's AdamW state, no ZeRO partitions): resume "
+                    "it the same way, without a DeepSpeed accelerate config",
+                )
         layout = dataclasses.replace(layout, engine=engine)
     init_from = None
     if config.init_from is not None and resume is None:  # a preempted --init-from run resumes, not re-inits
