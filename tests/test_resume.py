@@ -16,7 +16,7 @@ from .conftest import (
     launch_cmd,
     output_tail,
     pause_env,
-    run_cli,
+    run_main,
     small_embedded_beton,
     wait_for,
 )
@@ -146,31 +146,70 @@ def test_resume_with_gradient_accumulation_is_exact(data, launcher, kill_at, pos
     assert_same_weights(interrupted, reference)
 
 
-def test_changed_model_config_is_refused(small_beton, tmp_path):
+def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, capsys):
+    """The checkpoint's contract against a rerun that changes each setting the remaining steps depend on:
+    one line listing each as ``name: saved → now``; nothing written. In-process (the comparison happens
+    before any work), on the checkpoint of a real killed run."""
     out = tmp_path / "run"
     kill_after_checkpoint(small_beton, out, name="step_00000004")
-    result = run_cli(
-        "pretrain",
-        "--data",
-        str(small_beton),
-        "--output-dir",
-        str(out),
-        *FLAGS,
-        "--mask-ratio",
-        "0.6",
-        "--resume",
-        "auto",
-    )
-    assert result.returncode == 2
-    assert "model config differs" in result.stderr and "mask_ratio: 0.75 → 0.6" in result.stderr
-    result = run_cli(
-        "pretrain",
-        "--data",
-        str(small_beton),
-        "--output-dir",
-        str(out),
-        *FLAGS,
-        "--resume",
-        str(tmp_path / "nowhere"),
-    )
+    other = small_embedded_beton(tmp_path, limit=48, max_resolution=64)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def rerun(*changes):
+        flags = [*FLAGS]
+        for flag, value in zip(changes[::2], changes[1::2]):
+            if flag in flags and value is not None:
+                flags[flags.index(flag) + 1] = value
+            elif flag in flags:
+                flags.remove(flag)
+        extra = [x for f, v in zip(changes[::2], changes[1::2]) if f not in FLAGS for x in (f, v) if x]
+        return run_main(capsys, "pretrain", "--data", str(small_beton), "--output-dir", str(out),
+                        *flags, *extra, "--resume", "auto")  # fmt: skip
+
+    changes = {
+        "--blr": ("--blr", "3e-3"), "--seed": ("--seed", "4"), "--warmup-epochs": ("--warmup-epochs", "2"),
+        "--min-lr": ("--min-lr", "1e-6"), "--weight-decay": ("--weight-decay", "0.1"),
+        "--mask-ratio": ("--mask-ratio", "0.6"), "--interpolation": ("--interpolation", "area"),
+        "--crop-decode": ("--no-crop-decode", ""), "--no-norm-pix-loss": ("--no-norm-pix-loss", ""),
+        "--progressive": ("--progressive", "steps"),
+        "--resolution-steps": ("--resolution-steps", "0:32,2:64"),
+        "--mask-schedule": ("--mask-schedule", "constant-visible"), "--epochs": ("--epochs", "4"),
+        "--max-steps": ("--max-steps", "40"), "global batch": ("--global-batch-size", "32"),
+    }  # fmt: skip
+    result = rerun(*[x for pair in changes.values() for x in pair])
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if "--resume" in line]
+    assert len(lines) == 1, result.stderr
+    for name in changes:
+        assert f"{name}:" in lines[0], (name, lines[0])
+    assert "--blr: 0.001 → 0.003" in lines[0] and "global batch: 16 → 32" in lines[0]
+    assert "model mask_ratio: 0.75 → 0.6" in lines[0]
+    # the data file is compared by identity (samples, size, digest), not by path
+    result = run_main(capsys, "pretrain", "--data", str(other), "--output-dir", str(out), *FLAGS,
+                      "--resume", "auto")  # fmt: skip
+    assert result.returncode == 2 and "--data: 160 samples" in result.stderr
+    assert "→ 48 samples" in result.stderr
+    # the length changes only with --replan, and never to before the checkpoint
+    result = rerun("--max-steps", "3", "--replan", "")
+    assert result.returncode == 2 and "at step 4" in result.stderr
+    assert "nothing would be trained" in result.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+    result = run_main(capsys, "pretrain", "--data", str(small_beton), "--output-dir", str(out), *FLAGS,
+                      "--resume", str(tmp_path / "nowhere"))  # fmt: skip
     assert result.returncode == 2 and "not a complete checkpoint" in result.stderr
+
+
+def test_replan_stretches_the_rest_of_the_cosine(small_beton, tmp_path):
+    """--replan with a longer --epochs: the lr continues from where the run stood and decays to --min-lr at
+    the new end; the step counter and the data position continue."""
+    out = tmp_path / "run"
+    kill_after_checkpoint(small_beton, out, name="step_00000016")  # epoch 1 of 3, past the warmup (10)
+    before = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    old_lr = {r["step"]: r["lr"] for r in before}
+    log = finish(start(small_beton, out, "--resume", "auto", "--replan", "--epochs", "4"))
+    assert "resumed from" in log
+    after = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    # 4 epochs × 10 steps, down to --min-lr 0 (the lr logged at a step is the one its update used)
+    assert max(after) == 40 and after[40] < 1e-3 * after[17]
+    assert after[17] > old_lr[17]  # the same point of the cosine, now spread over more steps
+    assert all(after[s] > after[s + 1] for s in range(17, 40))

@@ -111,7 +111,9 @@ def check(config: PretrainConfig, world: int) -> Plan:
     if resume is not None:
         with about("resume"):
             saved = RunState.of_checkpoint(resume)
-            layout, note = resume_layout(saved.layout, world, layout.batch, layout.accumulation)
+            layout, note = resume_layout(
+                saved.layout, world, layout.batch, layout.accumulation, config.global_batch_size
+            )
             if saved.layout.engine == "torch" and engine == "deepspeed":
                 raise ConfigError(
                     "resume",

@@ -139,22 +139,25 @@ def _show_data(identity: dict) -> str:
     return f"{identity['samples']} samples, {identity['bytes']} bytes, digest {identity['sha256_head_tail']}"
 
 
-def resume_layout(saved: Layout, ranks: int, batch: int, accumulation: int) -> tuple[Layout, str | None]:
+def resume_layout(
+    saved: Layout, ranks: int, batch: int, accumulation: int, global_batch: int | None = None
+) -> tuple[Layout, str | None]:
     """The layout on ``ranks`` ranks that keeps ``saved``'s global batch, and a line saying what changed
     (None when the flags already fit). The flags' per-rank ``batch`` and ``accumulation`` are kept when
     they fit; a flag the user changed is honoured and the other one derived; with neither changed the
     per-rank batch is kept (the same micro-batches: identical crops and masks) and the accumulation
-    derived, else the accumulation kept and the batch derived, else any split. ``InputError`` when no
-    split of the global batch over ``ranks`` exists."""
+    derived, else the accumulation kept and the batch derived, else any split. A global batch the flags
+    change on purpose (``global_batch``, or both per-rank flags) is returned as it is, for the contract to
+    refuse by name. ``InputError`` when no split of the global batch over ``ranks`` exists."""
     total = saved.global_batch
-    if ranks * batch * accumulation == total:
-        return Layout(ranks, batch, accumulation, saved.engine), None
+    asked = Layout(ranks, batch, accumulation, saved.engine)
+    changed_both = batch != saved.batch and accumulation != saved.accumulation
+    if asked.global_batch == total or (global_batch or total) != total or changed_both:
+        return asked, None
     per_rank = total // ranks if total % ranks == 0 else None
     candidates = []
     if per_rank is not None:
-        if batch != saved.batch and accumulation != saved.accumulation:
-            candidates = []  # both flags changed and they do not fit: the global batch itself changed
-        elif batch != saved.batch:
+        if batch != saved.batch:
             candidates = [(batch, per_rank // batch)] if per_rank % batch == 0 else []
         elif accumulation != saved.accumulation:
             candidates = [(per_rank // accumulation, accumulation)] if per_rank % accumulation == 0 else []
