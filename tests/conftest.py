@@ -127,13 +127,14 @@ def wait_for(
         time.sleep(0.05)
 
 
-def launch_cmd(config: str, *args: str) -> list[str]:
-    """``accelerate launch --config_file accelerate_configs/CONFIG -m mae_trainer ARGS...``"""
+def launch_cmd(config: str, *args: str, launcher_args: tuple[str, ...] = ()) -> list[str]:
+    """``accelerate launch --config_file accelerate_configs/CONFIG [LAUNCHER_ARGS] -m mae_trainer ARGS...``"""
     return [
         str(BIN / "accelerate"),
         "launch",
         "--config_file",
         str(ROOT / "accelerate_configs" / config),
+        *launcher_args,
         "-m",
         "mae_trainer",
         *args,
@@ -205,6 +206,9 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
     status = main(list(args))
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["mae-trainer", *args], status, out, err)
+
+
+FP32_ZERO1 = ("--deepspeed_config_file", str(ROOT / "ds_configs" / "zero1_fp32.json"))  # ZeRO-1 without bf16
 
 
 def wandb_offline_env(tmp_path) -> dict[str, str]:

@@ -29,14 +29,19 @@ FLAGS = (
 ).split()
 
 
-def start(data, out, *extra, launcher=None, env=None):
+def start(data, out, *extra, launcher=None, env=None, flags=FLAGS):
     """A pretraining run in the background, its output (stdout and stderr) going to ``out``'s sibling
-    ``<name>.log`` (a pipe that nobody reads while the run trains would fill up and stall it)."""
-    cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
+    ``<name>.log`` (a pipe that nobody reads while the run trains would fill up and stall it). ``launcher``:
+    an accelerate config (``cpu_2proc.yaml``), or a tuple of it and launcher arguments; None: no launcher."""
+    if launcher is None:
+        cmd = [str(BIN / "mae-trainer"), "pretrain"]
+    else:
+        config, *launcher_args = (launcher,) if isinstance(launcher, str) else launcher
+        cmd = launch_cmd(config, "pretrain", launcher_args=tuple(launcher_args))
     log = out.with_name(out.name + ".log")
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra],
+            [*cmd, "--data", str(data), "--output-dir", str(out), *flags, *extra],
             cwd=ROOT,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -48,12 +53,12 @@ def start(data, out, *extra, launcher=None, env=None):
     return proc
 
 
-def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None):
+def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None, flags=FLAGS):
     """Start a run that stops for good right after publishing checkpoint ``name`` (tests/pause_hook), wait
     until it has, and SIGKILL the launcher and every worker there: no step after ``name`` ever runs."""
     marker = out.with_name(out.name + ".paused")
     paused = pause_env(out / "checkpoints" / name, marker, when="after")
-    proc = start(data, out, *extra, launcher=launcher, env=paused)
+    proc = start(data, out, *extra, launcher=launcher, env=paused, flags=flags)
     try:
         wait_for(marker.exists, proc, f"checkpoint {name} to be published", log=proc.log)
     finally:
