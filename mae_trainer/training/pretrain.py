@@ -73,7 +73,7 @@ def check(config: PretrainConfig, world: int) -> Plan:
     batch_size = config.per_rank_batch(world)
     schedule = make_schedule(config, batch_size)
     with about("resume"):
-        resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
+        resume = resolve_resume(config.resume, config.output_dir / "checkpoints", strict=config.strict_resume)
     init_from = None
     if config.init_from is not None and resume is None:  # a preempted --init-from run resumes, not re-inits
         init_from = check_init_from(config.init_from, config.model).folder
