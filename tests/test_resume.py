@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -11,14 +10,13 @@ from safetensors.torch import load_file
 
 from .conftest import (
     BIN,
-    ROOT,
+    kill_after_publish,
     kill_tree,
     launch_cmd,
     output_tail,
-    pause_env,
     run_cli,
     small_embedded_beton,
-    wait_for,
+    start_logged,
 )
 
 pytestmark = pytest.mark.slow
@@ -30,35 +28,18 @@ FLAGS = (
 
 
 def start(data, out, *extra, launcher=None, env=None):
-    """A pretraining run in the background, its output (stdout and stderr) going to ``out``'s sibling
-    ``<name>.log`` (a pipe that nobody reads while the run trains would fill up and stall it)."""
+    """A pretraining run in the background, its output going to ``out``'s sibling ``<name>.log``."""
     cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
-    log = out.with_name(out.name + ".log")
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra],
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        )
-    proc.log = log
-    return proc
+    cmd = [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra]
+    return start_logged(cmd, out.with_name(out.name + ".log"), env)
 
 
 def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None):
     """Start a run that stops for good right after publishing checkpoint ``name`` (tests/pause_hook), wait
     until it has, and SIGKILL the launcher and every worker there: no step after ``name`` ever runs."""
-    marker = out.with_name(out.name + ".paused")
-    paused = pause_env(out / "checkpoints" / name, marker, when="after")
-    proc = start(data, out, *extra, launcher=launcher, env=paused)
-    try:
-        wait_for(marker.exists, proc, f"checkpoint {name} to be published", log=proc.log)
-    finally:
-        kill_tree(proc.pid)  # the launcher and every worker, mid-epoch
-        proc.wait()
+    cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
+    cmd = [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra]
+    kill_after_publish(cmd, out / "checkpoints" / name, out.with_name(out.name + ".log"))
 
 
 def finish(proc, timeout=900):
