@@ -422,9 +422,13 @@ class PretrainConfig(TrainingConfig):
     )
     resume: str | None = option(
         None,
-        "auto: the newest complete checkpoint in OUTPUT_DIR/checkpoints (if any); or a path",
+        "auto: the newest complete checkpoint in OUTPUT_DIR/checkpoints (if any; damaged newer ones are "
+        "named in a warning and skipped); or a path (refused if damaged)",
         metavar="auto|PATH",
         group="ckpt",
+    )
+    strict_resume: bool = option(
+        False, "with --resume auto: refuse a damaged newest checkpoint instead of falling back", group="ckpt"
     )
     recon_images: int = option(
         8, "images in each reconstruction grid (0: none)", check=at_least(0), group="run"

@@ -83,13 +83,46 @@ def _with_hooks() -> str:
     return os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
 
 
-def pause_env(target: Path, marker: Path, when: str = "after") -> dict[str, str]:
+def pause_env(target: Path, marker: Path, when: str = "after", until: Path | None = None) -> dict[str, str]:
     """Environment entries under which a child process, and every Python process it starts, stops for good
     just ``when`` (``"before"`` or ``"after"``) it ``os.replace``s something onto ``target`` (a checkpoint
     being published), after creating ``marker`` (tests/pause_hook/sitecustomize.py). Wait for ``marker``
-    with :func:`wait_for`, then :func:`kill_tree`: the kill lands at that point however loaded the machine."""
+    with :func:`wait_for`, then :func:`kill_tree`: the kill lands at that point however loaded the machine.
+    With ``until``, the process goes on once that file exists instead of stopping for good."""
     config = {"target": str(target), "when": when, "marker": str(marker)}
+    if until is not None:
+        config["until"] = str(until)
     return {"PYTHONPATH": _with_hooks(), "MAE_TRAINER_TEST_PAUSE": json.dumps(config)}
+
+
+def start_logged(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """``cmd`` in the background in its own session (so :func:`kill_tree` reaches every process), with
+    ``OMP_NUM_THREADS=1`` and its output (stdout and stderr) going to ``log`` (a pipe that nobody reads
+    while the run trains would fill up and stall it); ``proc.log`` is ``log``."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
+    proc.log = log
+    return proc
+
+
+def kill_after_publish(cmd: list[str], target: Path, log: Path, env: dict | None = None) -> None:
+    """Run ``cmd`` until it publishes ``target`` (a checkpoint folder), stopping it for good right after
+    (:func:`pause_env`), then SIGKILL the launcher and every worker there: nothing after ``target`` runs."""
+    marker = log.with_name(log.name + ".paused")
+    proc = start_logged(cmd, log, {**(env or {}), **pause_env(target, marker, when="after")})
+    try:
+        wait_for(marker.exists, proc, f"{target} to be published", log=log)
+    finally:
+        kill_tree(proc.pid)  # the launcher and every worker, mid-epoch
+        proc.wait()
 
 
 def start_delay_env(rank: int, seconds: float, marker: Path) -> dict[str, str]:

@@ -49,11 +49,13 @@ def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
 
-    # ZeRO stage 1: the optimizer state is sharded, one file per rank
+    # ZeRO stage 1: the optimizer state is sharded, one file per rank (epoch 0's checkpoint); the final
+    # save's staging checkpoint is gone once consolidated
     shards = sorted(
-        p.name for p in (out / "checkpoints" / "final" / "pytorch_model").glob("*optim_states.pt")
+        p.name for p in (out / "checkpoints" / "step_00000016" / "pytorch_model").glob("*optim_states.pt")
     )
     assert len(shards) == 2 and all("zero_pp_rank" in s for s in shards), shards
+    assert not (out / "checkpoints" / "final").exists()
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 33))  # 512 images / (2 ranks × 16) × 2 epochs

@@ -154,7 +154,7 @@ FLAGS = (
 def test_two_machines_train_and_save_one_model(demo_beton, tmp_path):
     out = tmp_path / "run"
     start = time.monotonic()
-    args = ("--data", str(demo_beton), "--output-dir", str(out), "--max-steps", "4")
+    args = ("--data", str(demo_beton), "--output-dir", str(out), "--max-steps", "4", "--save-every", "2")
     with two_nodes(tmp_path, *args, *FLAGS) as nodes:
         both_succeed(nodes)
         main_log = nodes[0].output()
@@ -163,8 +163,9 @@ def test_two_machines_train_and_save_one_model(demo_beton, tmp_path):
 
     # one model, written once by machine 0 from both machines' ZeRO shards
     assert (out / "config.json").exists() and (out / "model.safetensors").exists()
-    shards = sorted((out / "checkpoints" / "final" / "pytorch_model").glob("*optim_states.pt"))
-    assert len(shards) == 2, shards
+    shards = sorted((out / "checkpoints" / "step_00000002" / "pytorch_model").glob("*optim_states.pt"))
+    assert len(shards) == 2, shards  # step 2's checkpoint; the final save's staging one is removed
+    assert not (out / "checkpoints" / "final").exists()
     from safetensors.torch import load_file
 
     weights = load_file(out / "model.safetensors")

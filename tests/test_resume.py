@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -11,14 +10,13 @@ from safetensors.torch import load_file
 
 from .conftest import (
     BIN,
-    ROOT,
+    kill_after_publish,
     kill_tree,
     launch_cmd,
     output_tail,
-    pause_env,
     run_main,
     small_embedded_beton,
-    wait_for,
+    start_logged,
 )
 
 pytestmark = pytest.mark.slow
@@ -29,41 +27,28 @@ FLAGS = (
 ).split()
 
 
-def start(data, out, *extra, launcher=None, env=None, flags=FLAGS):
-    """A pretraining run in the background, its output (stdout and stderr) going to ``out``'s sibling
-    ``<name>.log`` (a pipe that nobody reads while the run trains would fill up and stall it). ``launcher``:
-    an accelerate config (``cpu_2proc.yaml``), or a tuple of it and launcher arguments; None: no launcher."""
+def command(data, out, *extra, launcher=None, flags=FLAGS):
+    """``mae-trainer pretrain`` (``launcher`` None), or under ``accelerate launch`` with ``launcher``: an
+    accelerate config (``cpu_2proc.yaml``) or a tuple of it and launcher arguments."""
     if launcher is None:
         cmd = [str(BIN / "mae-trainer"), "pretrain"]
     else:
         config, *launcher_args = (launcher,) if isinstance(launcher, str) else launcher
         cmd = launch_cmd(config, "pretrain", launcher_args=tuple(launcher_args))
-    log = out.with_name(out.name + ".log")
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [*cmd, "--data", str(data), "--output-dir", str(out), *flags, *extra],
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        )
-    proc.log = log
-    return proc
+    return [*cmd, "--data", str(data), "--output-dir", str(out), *flags, *extra]
+
+
+def start(data, out, *extra, launcher=None, env=None, flags=FLAGS):
+    """A pretraining run in the background, its output going to ``out``'s sibling ``<name>.log``."""
+    cmd = command(data, out, *extra, launcher=launcher, flags=flags)
+    return start_logged(cmd, out.with_name(out.name + ".log"), env)
 
 
 def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None, flags=FLAGS):
     """Start a run that stops for good right after publishing checkpoint ``name`` (tests/pause_hook), wait
     until it has, and SIGKILL the launcher and every worker there: no step after ``name`` ever runs."""
-    marker = out.with_name(out.name + ".paused")
-    paused = pause_env(out / "checkpoints" / name, marker, when="after")
-    proc = start(data, out, *extra, launcher=launcher, env=paused, flags=flags)
-    try:
-        wait_for(marker.exists, proc, f"checkpoint {name} to be published", log=proc.log)
-    finally:
-        kill_tree(proc.pid)  # the launcher and every worker, mid-epoch
-        proc.wait()
+    cmd = command(data, out, *extra, launcher=launcher, flags=flags)
+    kill_after_publish(cmd, out / "checkpoints" / name, out.with_name(out.name + ".log"))
 
 
 def finish(proc, timeout=900):

@@ -29,12 +29,18 @@ import torch
 from ..config import TrainingConfig
 from ..errors import TrainingError
 from ..publish import publish_folder
-from .checkpoint import complete_checkpoints, read_state, save_checkpoint
+from .checkpoint import (
+    complete_checkpoints,
+    raise_if_final_save_failed,
+    read_state,
+    save_checkpoint,
+    write_error,
+)
 from .elastic import universal_config
 from .rendezvous import end_rendezvous, rendezvous_timeout
 from .schedules import warmup_cosine_lr
 from .throughput import window_throughput
-from .trackers import log_image, make_trackers, start_trackers
+from .trackers import drop_records_after, log_image, make_trackers, start_trackers
 
 
 def make_accelerator(
@@ -171,13 +177,20 @@ class Engine:
         return self.accelerator.prepare(*objects)
 
     def start(self, total_steps: int, hparams: dict, *, fresh: bool) -> None:
-        """Open the trackers and the progress bar; a fresh run (not a resume) starts ``metrics.jsonl``."""
+        """Open the trackers and the progress bar; a fresh run (not a resume) starts ``metrics.jsonl``. A
+        run resumed at step S keeps each step once: ``metrics.jsonl`` drops its records past S (written
+        by the run that went on after the checkpoint) and TensorBoard discards its events past S."""
         self.total_steps = total_steps
         scalars = {k: str(v) if isinstance(v, Path) else v for k, v in hparams.items()}
         scalars = {k: v for k, v in scalars.items() if isinstance(v, (int, float, str, bool))}
-        start_trackers(self.accelerator, self.name, scalars, self.output_dir, fresh=fresh)  # trackers.py
+        resumed_at = None if fresh else self.step
+        start_trackers(
+            self.accelerator, self.name, scalars, self.output_dir, fresh=fresh, resumed_at=resumed_at
+        )
         if self.is_main and fresh:
             self.metrics_file.write_text("")
+        elif self.is_main:
+            drop_records_after(self.metrics_file, self.step)
         from tqdm.auto import tqdm
 
         self.progress = tqdm(
@@ -420,28 +433,38 @@ class Engine:
         """Save fp32 weights with ``save_pretrained`` into the output directory (returns the fp32 model on
         the main process, None elsewhere). Under DeepSpeed the fp32 master copy is sharded across ranks,
         so the state goes through a ZeRO checkpoint (``checkpoints/<staging>``) that is consolidated on the
-        main process."""
+        main process, then removed (also when the save fails). A write that fails anywhere (a full disk)
+        raises ``TrainingError`` on every rank naming the folder and the newest complete checkpoint; the
+        checkpoints stay as they were and no model file is left half written (``publish_folder``)."""
         accelerator = self.accelerator
         self.verify()  # nor the saved model
         accelerator.wait_for_everyone()
-        final = None
-        if self.deepspeed:
-            checkpoint = self.output_dir / "checkpoints" / staging  # not step_*: never a resume point
-            accelerator.save_state(str(checkpoint))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        final, error = None, None
+        checkpoint = self.output_dir / "checkpoints" / staging  # not step_*: never a resume point
+        try:
+            if self.deepspeed:
+                error = write_error(lambda: accelerator.save_state(str(checkpoint)))
+                raise_if_final_save_failed(accelerator, error, self.output_dir)
+                if accelerator.is_main_process:
+                    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-                final = model_class(config)
-                final.load_state_dict(
-                    get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model")
+                    final = model_class(config)
+                    final.load_state_dict(
+                        get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="pytorch_model")
+                    )
+                    shutil.rmtree(checkpoint, ignore_errors=True)  # consolidated: its space is free again
+            elif accelerator.is_main_process:
+                final = accelerator.unwrap_model(model).float()
+            if final is not None:  # config first, weights last: a model file means a complete save
+                error = write_error(
+                    lambda: publish_folder(
+                        self.output_dir, lambda folder: final.save_pretrained(folder, safe_serialization=True)
+                    )
                 )
-        elif accelerator.is_main_process:
-            final = accelerator.unwrap_model(model).float()
-        if final is not None:  # config first, weights last: a model file means a complete save
-            publish_folder(
-                self.output_dir, lambda folder: final.save_pretrained(folder, safe_serialization=True)
-            )
+            raise_if_final_save_failed(accelerator, error, self.output_dir)
+        finally:
+            if self.deepspeed and accelerator.is_main_process:
+                shutil.rmtree(checkpoint, ignore_errors=True)
         accelerator.wait_for_everyone()
         return final
 

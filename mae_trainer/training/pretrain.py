@@ -106,7 +106,9 @@ def check(config: PretrainConfig, world: int) -> Plan:
     engine = "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else "torch"
     layout = Layout(world, config.per_rank_batch(world), config.grad_accum, engine)
     with about("resume"):
-        resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
+        resume = resolve_resume(
+            config.resume, config.output_dir / "checkpoints", strict=config.strict_resume
+        )
     saved, note = None, None
     if resume is not None:
         with about("resume"):

@@ -141,16 +141,43 @@ def wandb_run_id(output_dir: Path, *, fresh: bool) -> str:
     return run_id
 
 
-def start_trackers(accelerator, command: str, config: dict, output_dir: Path, *, fresh: bool) -> None:
+def start_trackers(
+    accelerator, command: str, config: dict, output_dir: Path, *, fresh: bool, resumed_at: int | None = None
+) -> None:
     """``accelerator.init_trackers``, the W&B tracker given the output folder's run id first (on the main
-    process, the one that starts the trackers): a resumed run logs into the run it resumes."""
-    from accelerate.tracking import WandBTracker
+    process, the one that starts the trackers): a resumed run logs into the run it resumes. A run resumed
+    at step ``resumed_at`` opens TensorBoard's writer with ``purge_step`` one past it: readers discard the
+    events past that step that the interrupted run wrote after its checkpoint, so each step shows once."""
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
 
     if accelerator.is_main_process:
         for tracker in accelerator.log_with:
             if isinstance(tracker, WandBTracker):  # its kwargs go to wandb.init when it starts
                 tracker.init_kwargs.update(id=wandb_run_id(output_dir, fresh=fresh), resume="allow")
+            if isinstance(tracker, TensorBoardTracker) and resumed_at is not None:  # → SummaryWriter
+                tracker.init_kwargs.update(purge_step=resumed_at + 1)
     accelerator.init_trackers(command, config=config)
+
+
+def drop_records_after(metrics_file: Path, step: int) -> None:
+    """Keep the records of ``metrics_file`` (JSON lines with a ``step``) up to ``step``, replacing the file
+    atomically: a run resumed at ``step`` writes the later ones again. A line cut short by a kill (not
+    JSON) goes too."""
+    import json
+
+    from ..publish import publish_text
+
+    if not metrics_file.is_file():
+        return
+    kept = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    publish_text(metrics_file, "".join(kept))
 
 
 def log_image(accelerator, tag: str, picture, step: int) -> None:

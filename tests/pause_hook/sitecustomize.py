@@ -7,7 +7,9 @@ file at start-up. ``os.replace(src, dst)`` with ``dst`` the configured target cr
 then sleeps forever, just ``"before"`` or just ``"after"`` the replace (a checkpoint is published by
 ``os.replace(step_N.tmp, step_N)``). The test waits for the marker and kills the process tree: the kill lands
 at exactly that point however slow the machine is, instead of whenever a polling loop happens to notice a
-file. A ``sitecustomize`` this one shadows (a distribution's) still runs.
+file. With ``until`` set, the process goes on once that file exists instead (the test does something at
+that point, e.g. fills the disk, then lets the run continue). A ``sitecustomize`` this one shadows (a
+distribution's) still runs.
 
 ``MAE_TRAINER_TEST_START_DELAY`` (``tests/conftest.py:start_delay_env``): the worker with the given global
 ``RANK`` sleeps that many seconds before anything else (a node slow to start, e.g. importing on a loaded
@@ -23,24 +25,27 @@ import sys
 import time
 
 
-def _pause(marker: str) -> None:
+def _pause(marker: str, until: str | None) -> None:
     with open(marker, "w") as f:
         f.write(f"{os.getpid()}\n")
-    while True:  # until the test kills us
+    while until is None:  # until the test kills us
         time.sleep(3600)
+    while not os.path.exists(until):  # until the test lets us go on
+        time.sleep(0.05)
 
 
 def _install(config: dict) -> None:
     target, when, marker = os.path.abspath(config["target"]), config["when"], config["marker"]
+    until = config.get("until")
     replace = os.replace
 
     def pausing_replace(src, dst, *args, **kwargs):
         hit = os.path.abspath(os.fsdecode(dst)) == target
         if hit and when == "before":
-            _pause(marker)
+            _pause(marker, until)
         replace(src, dst, *args, **kwargs)
-        if hit:
-            _pause(marker)
+        if hit and when == "after":
+            _pause(marker, until)
 
     os.replace = pausing_replace
 
