@@ -19,6 +19,7 @@ from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
 from .checkpoint import check_compatible, resolve_resume
 from .init_from import check_init_from
+from .lifecycle import StopSignals, claim_output_dir
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -72,6 +73,8 @@ def check(config: PretrainConfig, world: int) -> Plan:
 
     batch_size = config.per_rank_batch(world)
     schedule = make_schedule(config, batch_size)
+    with about("output_dir"):  # every rank dies with its launcher; rank 0 locks the folder (lifecycle.py)
+        claim_output_dir(config.output_dir)
     with about("resume"):
         resume = resolve_resume(config.resume, config.output_dir / "checkpoints")
     init_from = None
@@ -150,6 +153,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             )
     evaluator = OnlineEval(config, plan.batch_size, world_size()) if config.eval_data else None
     engine = Engine(config, micro_batch=plan.batch_size, name="pretrain")
+    stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
     output_dir = config.output_dir
 
     # Same seed everywhere for the weights; a rank-specific one for masks and crops.
@@ -224,9 +228,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             + f", {total_steps} steps"
         )
 
-    def checkpoint() -> None:
+    def checkpoint() -> Path:
         state = {"sampler": loader.state_dict(), "model_config": model_config.to_dict()}
-        engine.checkpoint({**state, "args": resolved.to_recipe()}, config.keep_last)
+        return engine.checkpoint({**state, "args": resolved.to_recipe()}, config.keep_last)
 
     # Checkpoints are written at optimizer-step boundaries only, so that no accumulated gradient is pending
     # (it would be lost on resume): an epoch that ends mid-accumulation saves after the next step.
@@ -257,6 +261,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                     mask_ratio=round(batch.mask_ratio, 4),
                     batch_size=batch.images.shape[0],
                 )
+            if stop.requested():  # a stop signal on any rank, agreed by all: checkpoint here, then exit
+                stop.stop(engine, checkpoint())
             if (checkpoint_due or (config.save_every and engine.step % config.save_every == 0)) and (
                 not engine.done
             ):
