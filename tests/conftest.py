@@ -127,6 +127,44 @@ def wait_for(
         time.sleep(0.05)
 
 
+def start_logged(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """``cmd`` in the background, in its own session (so a test can signal it alone or kill its tree), with
+    ``OMP_NUM_THREADS=1`` and its stdout and stderr going to ``log`` (a pipe that nobody reads while a run
+    trains would fill up and stall it); ``proc.log`` is that file."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        )
+    proc.log = log
+    return proc
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path) → its SHA-256: equal digests, untouched files."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def metrics_steps(output_dir: Path) -> list[int]:
+    """The steps logged so far in ``output_dir/metrics.jsonl`` (complete lines only)."""
+    path = output_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the last piece is empty or a line still being written
+    return [json.loads(line)["step"] for line in lines if line.strip()]
+
+
 def launch_cmd(config: str, *args: str) -> list[str]:
     """``accelerate launch --config_file accelerate_configs/CONFIG -m mae_trainer ARGS...``"""
     return [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -11,13 +10,13 @@ from safetensors.torch import load_file
 
 from .conftest import (
     BIN,
-    ROOT,
     kill_tree,
     launch_cmd,
     output_tail,
     pause_env,
     run_cli,
     small_embedded_beton,
+    start_logged,
     wait_for,
 )
 
@@ -33,19 +32,8 @@ def start(data, out, *extra, launcher=None, env=None):
     """A pretraining run in the background, its output (stdout and stderr) going to ``out``'s sibling
     ``<name>.log`` (a pipe that nobody reads while the run trains would fill up and stall it)."""
     cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
-    log = out.with_name(out.name + ".log")
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra],
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        )
-    proc.log = log
-    return proc
+    args = [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra]
+    return start_logged(args, out.with_name(out.name + ".log"), env)
 
 
 def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None):
