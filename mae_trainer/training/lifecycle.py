@@ -175,8 +175,8 @@ def lock_output_dir(folder: Path) -> OutputLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     lock = _held[key] = OutputLock(folder, fd, created)
-    if len(_held) == 1:
-        atexit.register(release_output_locks)
+    atexit.unregister(release_output_locks)  # once, however many locks come and go
+    atexit.register(release_output_locks)
     return lock
 
 
