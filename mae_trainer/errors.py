@@ -46,3 +46,12 @@ def is_lost_peer(err: BaseException) -> bool:
         and dist.is_initialized()
         and any(marker in str(err) for marker in _LOST_PEER_MARKERS)
     )
+
+
+class Preempted(TrainingError):
+    """SIGTERM or SIGUSR1 stopped the run at an optimizer-step boundary, after every rank wrote the
+    checkpoint the message names (``training/lifecycle.py``). ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

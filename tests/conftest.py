@@ -160,6 +160,26 @@ def wait_for(
         time.sleep(0.05)
 
 
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path) → its SHA-256: equal digests, untouched files."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def metrics_steps(output_dir: Path) -> list[int]:
+    """The steps logged so far in ``output_dir/metrics.jsonl`` (complete lines only)."""
+    path = output_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the last piece is empty or a line still being written
+    return [json.loads(line)["step"] for line in lines if line.strip()]
+
+
 def launch_cmd(config: str, *args: str, launcher_args: tuple[str, ...] = ()) -> list[str]:
     """``accelerate launch --config_file accelerate_configs/CONFIG [LAUNCHER_ARGS] -m mae_trainer ARGS...``"""
     return [

@@ -3,14 +3,13 @@ turns read-only, a loss that becomes NaN. Real `accelerate launch` processes und
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, kill_tree, launch_cmd, pause_env, small_embedded_beton, wait_for
+from .conftest import ROOT, digest, kill_tree, launch_cmd, pause_env, small_embedded_beton, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +32,6 @@ def run(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
         timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError
-from ..errors import InputError, TrainingError, UsageError, is_lost_peer
+from ..errors import InputError, Preempted, TrainingError, UsageError, is_lost_peer
 from .flags import build_config, flagged, usage_message
 
 
@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
             message = usage_message(err) if isinstance(err, ConfigError) else str(err)
             print(f"mae-trainer: error: {message}", file=sys.stderr)
         return 2
+    except Preempted as err:  # SIGTERM/SIGUSR1: every rank wrote the checkpoint; exit 128 + the signal
+        if _reports():
+            print(f"mae-trainer: {err}", file=sys.stderr)
+        return err.exit_code
     except TrainingError as err:  # agreed by every rank: reported once
         if _reports():
             print(f"mae-trainer: run stopped: {err}", file=sys.stderr)
@@ -264,4 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print("mae-trainer: interrupted", file=sys.stderr)
         return getattr(err, "exit_status", 130)
+    finally:  # the output folder's lock (training/lifecycle.py) ends with the command
+        from ..training.lifecycle import release_output_locks
+
+        release_output_locks()
     return 0

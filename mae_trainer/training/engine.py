@@ -32,7 +32,6 @@ from ..publish import publish_folder
 from .checkpoint import (
     complete_checkpoints,
     raise_if_final_save_failed,
-    read_state,
     save_checkpoint,
     write_error,
 )
@@ -386,16 +385,15 @@ class Engine:
         state = {"step": self.step, **state}
         return save_checkpoint(self.accelerator, self.output_dir / "checkpoints", self.step, state, keep_last)
 
-    def resume(self, path: Path, saved, model, optimizer) -> dict:
-        """Load model, optimizer and RNG from checkpoint ``path``, written on layout ``saved``
-        (:class:`~mae_trainer.training.run_state.Layout`); the step counter continues from it. Returns the
-        saved state.
+    def resume(self, path: Path, state: dict, saved, model, optimizer) -> dict:
+        """Load model, optimizer and RNG from checkpoint ``path`` (whose ``trainer_state.json`` is
+        ``state``), written on layout ``saved`` (:class:`~mae_trainer.training.run_state.Layout`); the step
+        counter continues from it. Returns ``state``.
 
         The same number of ranks and engine: accelerate's ``load_state`` (bit-exact, every rank's RNG).
         Another number of DeepSpeed ranks, or one process without DeepSpeed: the optimizer state goes
         through DeepSpeed's universal checkpoint (``elastic.py``); the RNG files of the old ranks do not
         map onto the new ones and are not loaded (the streams that matter are keyed: ``run_state.py``)."""
-        state = read_state(path)
         engine = "deepspeed" if self.deepspeed else "torch"
         if (saved.ranks, saved.engine) == (self.num_processes, engine) or saved.engine == "torch":
             self.accelerator.load_state(str(path))  # a torch optimizer state is whole on every rank

@@ -19,9 +19,17 @@ from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
 from .checkpoint import read_state, resolve_resume
 from .init_from import check_init_from
+from .lifecycle import StopSignals, claim_output_dir
 from .run_state import KEY as RUN_KEY
-from .run_state import Layout, RunState, data_identity, recipe_of, resume_layout
-from .schedules import cosine_progress, optimizer_steps_before
+from .run_state import (
+    Layout,
+    RunState,
+    check_resume,
+    data_identity,
+    recipe_of,
+    resume_layout,
+    total_steps,
+)
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -37,6 +45,7 @@ class Plan:
     init_from: Path | None = None  # the resolved --init-from folder; None when a checkpoint is resumed
     run: RunState | None = None  # the resume contract of this run (run_state.py)
     saved: RunState | None = None  # the contract of the checkpoint resumed, if any
+    resume_state: dict | None = None  # its trainer_state.json, read once
     layout_note: str | None = None  # how the layout differs from the checkpoint's, if it does
 
     @property
@@ -56,11 +65,6 @@ class Plan:
             self.run.layout.ranks,
             self.run.layout.engine,
         )
-
-
-def total_steps(batches: list[int], grad_accum: int, max_steps: int | None) -> int:
-    steps = sum(batches) // grad_accum
-    return steps if max_steps is None else min(steps, max_steps)
 
 
 # The config field behind each ResolutionSchedule argument (a ScheduleError names the argument at fault).
@@ -105,14 +109,15 @@ def check(config: PretrainConfig, world: int) -> Plan:
 
     engine = "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else "torch"
     layout = Layout(world, config.per_rank_batch(world), config.grad_accum, engine)
+    with about("output_dir"):  # every rank dies with its launcher; rank 0 locks the folder (lifecycle.py)
+        claim_output_dir(config.output_dir)
     with about("resume"):
-        resume = resolve_resume(
-            config.resume, config.output_dir / "checkpoints", strict=config.strict_resume
-        )
-    saved, note = None, None
+        resume = resolve_resume(config.resume, config.output_dir / "checkpoints", strict=config.strict_resume)
+    saved, note, state = None, None, None
     if resume is not None:
         with about("resume"):
-            saved = RunState.of_checkpoint(resume)
+            state = read_state(resume)
+            saved = RunState.of_checkpoint(resume, state)
             layout, note = resume_layout(
                 saved.layout, world, layout.batch, layout.accumulation, config.global_batch_size
             )
@@ -163,8 +168,8 @@ def check(config: PretrainConfig, world: int) -> Plan:
                 for e in range(epochs)
             ]
 
-        run = check_resume(config, resume, saved, run, batches_for)
-    plan = Plan(layout.batch, schedule, batches, resume, init_from, run, saved, note)
+        run = check_resume(config, resume, state["step"], saved, run, batches_for)
+    plan = Plan(layout.batch, schedule, batches, resume, init_from, run, saved, state, note)
     if config.push_to_hub:
         from huggingface_hub.errors import HFValidationError
         from huggingface_hub.utils import validate_repo_id
@@ -197,39 +202,6 @@ def stages_of(schedule: ResolutionSchedule, epochs: int, layout: Layout) -> list
         if not stages or stages[-1][1:] != entry:
             stages.append([epoch, *entry])
     return stages
-
-
-def check_resume(config: PretrainConfig, path: Path, saved: RunState, run: RunState, batches_for):
-    """This run against the contract of checkpoint ``path``: every math-changing difference refused in one
-    line (``name: saved → now``); a changed length only with ``--replan``, which re-anchors the cosine
-    where the run stands. Returns the run's contract (with the anchor)."""
-    differences = run.differences(saved, replan=config.replan)
-    if differences:
-        raise ConfigError(
-            "resume",
-            path,
-            "this run differs from the one that wrote it: " + "; ".join(differences) + " (give the "
-            "checkpoint's settings, or a new --output-dir for a new run"
-            + ("; --replan accepts a new --epochs/--max-steps" if not config.replan else "")
-            + ")",
-        )
-    if run.length == saved.length:
-        return dataclasses.replace(run, cosine=saved.cosine)
-    step = read_state(path)["step"]
-    accumulation = run.layout.accumulation
-    new_total = total_steps(batches_for(config.epochs), accumulation, run.length["max_steps"])
-    if new_total <= step:
-        raise ConfigError(
-            "resume",
-            path,
-            f"the run is at step {step}; --epochs {config.epochs}"
-            + (f" --max-steps {config.max_steps}" if config.max_steps else "")
-            + f" ends it at step {new_total}: nothing would be trained",
-        )
-    old_total = total_steps(batches_for(saved.length["epochs"]), accumulation, saved.length["max_steps"])
-    warmup = optimizer_steps_before(config.warmup_epochs, batches_for(config.epochs), accumulation)
-    progress = cosine_progress(step, old_total, warmup, tuple(saved.cosine) if saved.cosine else None)
-    return dataclasses.replace(run, cosine=[step, progress] if step > warmup else None)
 
 
 def run(config: PretrainConfig) -> Path:
@@ -270,6 +242,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         load_universal=plan.elastic and layout.engine == "deepspeed",
     )
     engine.cosine = plan.run.cosine
+    stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
     output_dir = config.output_dir
 
     # Same seed everywhere for the weights; a rank-specific one for masks and crops.
@@ -325,7 +298,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         recon_images = fixed_images(config.recon_data or config.data, config.resolution, config.recon_images)
     start_epoch = 0
     if plan.resume is not None:
-        state = engine.resume(plan.resume, plan.saved.layout, model, optimizer)
+        state = engine.resume(plan.resume, plan.resume_state, plan.saved.layout, model, optimizer)
         start_epoch = state["sampler"]["epoch"]
         loader.load_state_dict(state["sampler"])
         if plan.layout_note:
@@ -348,9 +321,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             + f", {total_steps} steps"
         )
 
-    def checkpoint() -> None:
+    def checkpoint() -> Path:
         state = {"sampler": loader.state_dict(), RUN_KEY: plan.run.to_dict()}
-        engine.checkpoint({**state, "args": resolved.to_recipe()}, config.keep_last)
+        return engine.checkpoint({**state, "args": resolved.to_recipe()}, config.keep_last)
 
     # Checkpoints are written at optimizer-step boundaries only, so that no accumulated gradient is pending;
     # an epoch holds whole optimizer steps (sampler.py), so its end is one.
@@ -382,6 +355,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
                     mask_ratio=round(batch.mask_ratio, 4),
                     batch_size=batch.images.shape[0],
                 )
+            if not engine.done and stop.requested():  # a signal on any rank, agreed by all: save, exit
+                stop.stop(engine, checkpoint())
             if config.save_every and engine.step % config.save_every == 0 and not engine.done:
                 checkpoint()
             if recon_images is not None and config.recon_every and engine.step % config.recon_every == 0:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .schedules import cosine_progress, optimizer_steps_before
 
 KEY = "run"  # where the contract sits in a checkpoint's trainer_state.json
 _DIGEST_SPAN = 1 << 20  # bytes hashed at each end of the data file
@@ -98,18 +99,15 @@ class RunState:
         return cls(**{**values, "layout": Layout(**values["layout"])})
 
     @classmethod
-    def of_checkpoint(cls, path: Path) -> RunState:
-        """The contract saved in checkpoint ``path``; :class:`InputError` naming the file when it has none."""
-        state_file = path / "trainer_state.json"
+    def of_checkpoint(cls, path: Path, state: dict) -> RunState:
+        """The contract in ``state``, checkpoint ``path``'s ``trainer_state.json``; :class:`InputError`
+        naming the file when it has none."""
         try:
-            saved = json.loads(state_file.read_text())[KEY]
-            return cls.from_dict(saved)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{state_file}: unreadable ({err})") from None
+            return cls.from_dict(state[KEY])
         except (KeyError, TypeError):
             raise InputError(
-                f"{state_file}: written by an older mae_trainer without a resume contract; resume it with "
-                "the version that wrote it, or start a new --output-dir"
+                f"{path / 'trainer_state.json'}: written by an older mae_trainer without a resume contract; "
+                "resume it with the version that wrote it, or start a new --output-dir"
             ) from None
 
     def differences(self, saved: RunState, replan: bool) -> list[str]:
@@ -181,3 +179,46 @@ def resume_layout(
     new_batch, new_accumulation = candidates[0]
     layout = Layout(ranks, new_batch, new_accumulation, saved.engine)
     return layout, f"layout: {saved.describe()} → {layout.describe()} (global batch kept)"
+
+
+def check_resume(config, path: Path, step: int, saved: RunState, run: RunState, batches_for) -> RunState:
+    """``run`` (this run's contract) against ``saved``, the contract of checkpoint ``path`` at ``step``:
+    every math-changing difference refused in one line (``name: saved → now``), a ``ConfigError`` of
+    ``--resume``; a changed length only with ``config.replan``, which re-anchors the lr cosine where the run
+    stands (refused when the new length ends at or before ``step``). ``batches_for(epochs)`` gives the
+    local batches of each epoch of a run of that length. Returns ``run`` with the cosine anchor it
+    continues (the saved one, or the new one)."""
+    from ..config import ConfigError
+
+    differences = run.differences(saved, replan=config.replan)
+    if differences:
+        raise ConfigError(
+            "resume",
+            path,
+            "this run differs from the one that wrote it: " + "; ".join(differences) + " (give the "
+            "checkpoint's settings, or a new --output-dir for a new run"
+            + ("; --replan accepts a new --epochs/--max-steps" if not config.replan else "")
+            + ")",
+        )
+    if run.length == saved.length:
+        return dataclasses.replace(run, cosine=saved.cosine)
+    accumulation = run.layout.accumulation
+    new_total = total_steps(batches_for(config.epochs), accumulation, run.length["max_steps"])
+    if new_total <= step:
+        raise ConfigError(
+            "resume",
+            path,
+            f"the run is at step {step}; --epochs {config.epochs}"
+            + (f" --max-steps {config.max_steps}" if config.max_steps else "")
+            + f" ends it at step {new_total}: nothing would be trained",
+        )
+    old_total = total_steps(batches_for(saved.length["epochs"]), accumulation, saved.length["max_steps"])
+    warmup = optimizer_steps_before(config.warmup_epochs, batches_for(config.epochs), accumulation)
+    progress = cosine_progress(step, old_total, warmup, tuple(saved.cosine) if saved.cosine else None)
+    return dataclasses.replace(run, cosine=[step, progress] if step > warmup else None)
+
+
+def total_steps(batches: list[int], grad_accum: int, max_steps: int | None) -> int:
+    """Optimizer steps of a run whose epochs have ``batches`` local batches each, cut at ``max_steps``."""
+    steps = sum(batches) // grad_accum
+    return steps if max_steps is None else min(steps, max_steps)
