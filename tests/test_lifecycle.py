@@ -163,7 +163,7 @@ def test_sigterm_to_the_launcher_checkpoints_two_ranks_then_resume_continues(bet
     print(f"SIGTERM to exit (2 ranks, stopped at step {step}): {seconds:.1f} s")
 
     resumed = pretrain(
-        beton, out, "--resume", "auto", "--max-steps", str(step + 2), launcher="cpu_2proc.yaml"
+        beton, out, "--resume", "auto", "--replan", "--max-steps", str(step + 2), launcher="cpu_2proc.yaml"
     )
     wait_exit(resumed, timeout=600)
     log = resumed.log.read_text()

@@ -143,7 +143,7 @@ def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, c
     out = tmp_path / "run"
     kill_after_checkpoint(small_beton, out, name="step_00000004")
     other = small_embedded_beton(tmp_path, limit=48, max_resolution=64)
-    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.name != ".lock")  # the killed run's lock
 
     def rerun(*changes):
         flags = [*FLAGS]
@@ -165,6 +165,8 @@ def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, c
         "--resolution-steps": ("--resolution-steps", "0:32,2:64"),
         "--mask-schedule": ("--mask-schedule", "constant-visible"), "--epochs": ("--epochs", "4"),
         "--max-steps": ("--max-steps", "40"), "global batch": ("--global-batch-size", "32"),
+        "--lr": ("--lr", "1e-3"), "--model": ("--model", "small"), "--resolution": ("--resolution", "48"),
+        "--scale-batch-with-resolution": ("--scale-batch-with-resolution", ""),
     }  # fmt: skip
     result = rerun(*[x for pair in changes.values() for x in pair])
     assert result.returncode == 2, result.stdout + result.stderr
@@ -183,7 +185,7 @@ def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, c
     result = rerun("--max-steps", "3", "--replan", "")
     assert result.returncode == 2 and "at step 4" in result.stderr
     assert "nothing would be trained" in result.stderr
-    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written (stale lock gone)
     result = run_main(capsys, "pretrain", "--data", str(small_beton), "--output-dir", str(out), *FLAGS,
                       "--resume", str(tmp_path / "nowhere"))  # fmt: skip
     assert result.returncode == 2 and "not a complete checkpoint" in result.stderr
@@ -200,6 +202,6 @@ def test_replan_stretches_the_rest_of_the_cosine(small_beton, tmp_path):
     assert "resumed from" in log
     after = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     # 4 epochs × 10 steps, down to --min-lr 0 (the lr logged at a step is the one its update used)
-    assert max(after) == 40 and after[40] < 1e-3 * after[17]
+    assert max(after) == 40 and after[40] < 0.01 * after[17]
     assert after[17] > old_lr[17]  # the same point of the cosine, now spread over more steps
     assert all(after[s] > after[s + 1] for s in range(17, 40))

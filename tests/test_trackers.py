@@ -106,7 +106,7 @@ def test_a_resumed_run_continues_its_wandb_run(data, tmp_path):
     (first,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     (run_id,) = [run.run_id for run in wandb_records(first, "run")]
     assert (out / "wandb" / "run_id").read_text() == run_id + "\n"
-    resume = ("--max-steps", "4", "--resume", "auto", "--overwrite")
+    resume = ("--max-steps", "4", "--replan", "--resume", "auto", "--overwrite")
     records = pretrain(data, out, "wandb", env, *longer, *resume)
     runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 2 and first in runs, runs
