@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from safetensors.torch import load_file
 
+from mae_trainer.training.schedules import warmup_cosine_lr
+
 from .conftest import (
     BIN,
     kill_after_publish,
@@ -196,12 +198,14 @@ def test_replan_stretches_the_rest_of_the_cosine(small_beton, tmp_path):
     the new end; the step counter and the data position continue."""
     out = tmp_path / "run"
     kill_after_checkpoint(small_beton, out, name="step_00000016")  # epoch 1 of 3, past the warmup (10)
-    before = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    old_lr = {r["step"]: r["lr"] for r in before}
     log = finish(start(small_beton, out, "--resume", "auto", "--replan", "--epochs", "4"))
     assert "resumed from" in log
     after = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
-    # 4 epochs × 10 steps, down to --min-lr 0 (the lr logged at a step is the one its update used)
+    # the lr logged at step s is the one its update used, the schedule's value at s - 1; the old plan ran
+    # 30 steps (3 epochs × 10) with a warmup of 10 at a peak of blr × 16 / 256
+    peak = 1e-3 * 16 / 256
+    assert after[17] == pytest.approx(warmup_cosine_lr(16, 30, 10, peak))  # continuous at the resume
+    assert after[18] > warmup_cosine_lr(17, 30, 10, peak)  # the rest of the cosine spread over more steps
+    # 4 epochs × 10 steps, down to --min-lr 0
     assert max(after) == 40 and after[40] < 0.01 * after[17]
-    assert after[17] > old_lr[17]  # the same point of the cosine, now spread over more steps
     assert all(after[s] > after[s + 1] for s in range(17, 40))

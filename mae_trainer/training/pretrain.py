@@ -289,7 +289,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
 
     # the per-rank batch and accumulation this run used
     resolved = dataclasses.replace(
-        config, batch_size=layout.batch, grad_accum=layout.accumulation, global_batch_size=None
+        config, batch_size=layout.batch, grad_accum=layout.accumulation
     )
     if engine.is_main:
         write_resolved_config(resolved, output_dir / RESOLVED_CONFIG)
