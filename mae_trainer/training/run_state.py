@@ -122,11 +122,18 @@ class RunState:
                     found.append(f"{name}: {_show(theirs.get(key))} → {_show(ours.get(key))}")
         if self.layout.global_batch != saved.layout.global_batch:
             found.append(f"global batch: {saved.layout.global_batch} → {self.layout.global_batch}")
-        elif self.stages != saved.stages and not replan:
-            found.append(f"stages (epoch, side, mask ratio, global batch): {saved.stages} → {self.stages}")
+        else:  # over the epochs both lengths share (a length change is its own item)
+            common = min(self.length["epochs"], saved.length["epochs"])
+            ours, theirs = _stages_before(self.stages, common), _stages_before(saved.stages, common)
+            if ours != theirs:
+                found.append(f"stages (first epoch, side, mask ratio, global batch): {theirs} → {ours}")
         if self.data != saved.data:
             found.append(f"--data: {_show_data(saved.data)} → {_show_data(self.data)}")
         return found
+
+
+def _stages_before(stages: list, epochs: int) -> list:
+    return [stage for stage in stages if stage[0] < epochs]
 
 
 def _show(value) -> str:
