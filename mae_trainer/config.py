@@ -196,6 +196,14 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def deepspeed_launched() -> bool:
+    """Whether ``accelerate launch`` started this process with a DeepSpeed config (known before any process
+    group exists): the engine whose optimizer-state format a checkpoint will hold."""
+    import os
+
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
 # ------------------------------------------------------------------------------------------ training
 
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainingConfig
+from ..config import TrainingConfig, deepspeed_launched
 from ..errors import TrainingError
 from ..publish import publish_folder
 from .checkpoint import (
+    any_rank_failed,
     complete_checkpoints,
     raise_if_final_save_failed,
     save_checkpoint,
@@ -58,10 +59,7 @@ def make_accelerator(
     # The ranks meet under a longer bound (a slow node's start is no failure), then --dist-timeout applies.
     rendezvous = rendezvous_timeout(timeout)
     handlers = [InitProcessGroupKwargs(timeout=rendezvous)]
-    launched = (
-        any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK"))
-        or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    )
+    launched = any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK")) or deepspeed_launched()
     if launched and not torch.cuda.is_available():
         # DeepSpeed on CPU ranks needs gloo; with the default backend its batch-size check fails.
         handlers = [InitProcessGroupKwargs(backend="gloo", timeout=rendezvous)]
@@ -121,7 +119,8 @@ class Engine:
     ``metric_prefix`` is put before each metric's name in ``metrics.jsonl`` (``""`` → ``loss``,
     ``"train/"`` → ``train/loss``); the trackers always get ``train/<name>``. ``grad_accum`` overrides
     ``--grad-accum`` (a resumed run's layout derives it); ``load_universal``: a checkpoint of another
-    layout will be loaded (:meth:`resume`).
+    layout will be loaded (:meth:`resume`); ``cosine``: ``(step, progress)`` where a ``--replan``
+    re-anchored the lr cosine (``schedules.warmup_cosine_lr``).
     """
 
     def __init__(
@@ -133,12 +132,13 @@ class Engine:
         metric_prefix: str = "",
         grad_accum: int | None = None,
         load_universal: bool = False,
+        cosine: tuple[int, float] | None = None,
     ):
         self.config = config
         self.name, self.prefix = name, metric_prefix
         self.micro_batch = micro_batch
         self.grad_accum = grad_accum or config.grad_accum
-        self.cosine = None  # (step, progress) where a --replan re-anchored the lr cosine
+        self.cosine = tuple(cosine) if cosine else None
         trackers = make_trackers(config.trackers, config.output_dir, name)  # --report-to
         self.accelerator = make_accelerator(config, micro_batch, trackers, self.grad_accum, load_universal)
         self.output_dir: Path = config.output_dir
@@ -394,11 +394,10 @@ class Engine:
         Another number of DeepSpeed ranks, or one process without DeepSpeed: the optimizer state goes
         through DeepSpeed's universal checkpoint (``elastic.py``); the RNG files of the old ranks do not
         map onto the new ones and are not loaded (the streams that matter are keyed: ``run_state.py``)."""
-        engine = "deepspeed" if self.deepspeed else "torch"
-        if (saved.ranks, saved.engine) == (self.num_processes, engine) or saved.engine == "torch":
-            self.accelerator.load_state(str(path))  # a torch optimizer state is whole on every rank
-        else:
+        if saved.needs_conversion(self.num_processes, "deepspeed" if self.deepspeed else "torch"):
             self._load_elsewhere(path, model, optimizer)
+        else:
+            self.accelerator.load_state(str(path))
         self.step = state["step"]
         return state
 
@@ -412,10 +411,7 @@ class Engine:
                 elastic.convert(path, staging)
             except TrainingError as err:
                 error = err
-        failed = torch.tensor(float(error is not None), device=self.device)
-        if self.num_processes > 1:
-            failed = self.accelerator.reduce(failed, "sum")
-        if failed.item():
+        if any_rank_failed(self.accelerator, error):
             raise error or TrainingError(f"{path}: the conversion failed on the main process")
         try:
             if self.deepspeed:

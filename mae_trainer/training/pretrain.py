@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import ConfigError, PretrainConfig, about, world_size
+from ..config import ConfigError, PretrainConfig, about, deepspeed_launched, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
 from .checkpoint import read_state, resolve_resume
 from .init_from import check_init_from
@@ -38,15 +38,19 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 class Plan:
     """What a run derives from its config and the world size before any work: checked inputs."""
 
-    batch_size: int  # per rank per micro-step
     schedule: ResolutionSchedule
     batches: list[int]  # micro-batches per rank in each epoch
     resume: Path | None
+    run: RunState  # the resume contract of this run (run_state.py): layout included
     init_from: Path | None = None  # the resolved --init-from folder; None when a checkpoint is resumed
-    run: RunState | None = None  # the resume contract of this run (run_state.py)
     saved: RunState | None = None  # the contract of the checkpoint resumed, if any
     resume_state: dict | None = None  # its trainer_state.json, read once
     layout_note: str | None = None  # how the layout differs from the checkpoint's, if it does
+
+    @property
+    def batch_size(self) -> int:
+        """Images per rank per micro-step."""
+        return self.run.layout.batch
 
     @property
     def grad_accum(self) -> int:
@@ -57,13 +61,14 @@ class Plan:
         return total_steps(self.batches, self.grad_accum, self.run.length["max_steps"])
 
     @property
-    def elastic(self) -> bool:
-        """The checkpoint resumed was written by another number of ranks or another engine."""
-        if self.saved is None:
-            return False
-        return (self.saved.layout.ranks, self.saved.layout.engine) != (
-            self.run.layout.ranks,
-            self.run.layout.engine,
+    def load_universal(self) -> bool:
+        """The checkpoint resumed holds ZeRO partitions of another number of ranks, and this run's DeepSpeed
+        engine takes them as a universal checkpoint (``elastic.py``)."""
+        layout = self.run.layout
+        return (
+            self.saved is not None
+            and layout.engine == "deepspeed"
+            and self.saved.layout.needs_conversion(layout.ranks, layout.engine)
         )
 
 
@@ -102,12 +107,10 @@ def make_schedule(config: PretrainConfig, batch_size: int) -> ResolutionSchedule
 def check(config: PretrainConfig, world: int) -> Plan:
     """Every check that needs neither torch nor a process group: fail before any work or file. A resumed
     run is compared with its checkpoint's contract here, once (run_state.py)."""
-    import os
-
     from ..data.beton import check_beton
     from ..modeling.presets import PRESETS
 
-    engine = "deepspeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else "torch"
+    engine = "deepspeed" if deepspeed_launched() else "torch"
     layout = Layout(world, config.per_rank_batch(world), config.grad_accum, engine)
     with about("output_dir"):  # every rank dies with its launcher; rank 0 locks the folder (lifecycle.py)
         claim_output_dir(config.output_dir)
@@ -139,10 +142,15 @@ def check(config: PretrainConfig, world: int) -> Plan:
             with about(key):
                 check_beton(getattr(config, key))
     schedule = make_schedule(config, layout.batch)
-    batches = [
-        whole_batches(count, world, schedule.stage(e).batch_size, layout.accumulation)
-        for e in range(config.epochs)
-    ]
+
+    def batches_for(epochs: int) -> list[int]:
+        """Local batches of each epoch of a run of ``epochs`` epochs (the sampler's rule)."""
+        return [
+            whole_batches(count, world, schedule.stage(e).batch_size, layout.accumulation)
+            for e in range(epochs)
+        ]
+
+    batches = batches_for(config.epochs)
     if min(batches) == 0:
         raise ConfigError(
             "batch_size",
@@ -161,15 +169,8 @@ def check(config: PretrainConfig, world: int) -> Plan:
         layout=layout,
     )
     if saved is not None:
-
-        def batches_for(epochs: int) -> list[int]:
-            return [
-                whole_batches(count, world, schedule.stage(e).batch_size, layout.accumulation)
-                for e in range(epochs)
-            ]
-
         run = check_resume(config, resume, state["step"], saved, run, batches_for)
-    plan = Plan(layout.batch, schedule, batches, resume, init_from, run, saved, state, note)
+    plan = Plan(schedule, batches, resume, run, init_from, saved, state, note)
     if config.push_to_hub:
         from huggingface_hub.errors import HFValidationError
         from huggingface_hub.utils import validate_repo_id
@@ -239,9 +240,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         micro_batch=layout.batch,
         grad_accum=layout.accumulation,
         name="pretrain",
-        load_universal=plan.elastic and layout.engine == "deepspeed",
+        load_universal=plan.load_universal,
+        cosine=plan.run.cosine,
     )
-    engine.cosine = plan.run.cosine
     stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
     output_dir = config.output_dir
 
@@ -288,9 +289,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     std = stats_tensor(model_config.image_std, engine.device)
 
     # the per-rank batch and accumulation this run used
-    resolved = dataclasses.replace(
-        config, batch_size=layout.batch, grad_accum=layout.accumulation
-    )
+    resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
     if engine.is_main:
         write_resolved_config(resolved, output_dir / RESOLVED_CONFIG)
     recon_images = None

@@ -50,6 +50,12 @@ class Layout:
     def global_batch(self) -> int:
         return self.ranks * self.batch * self.accumulation
 
+    def needs_conversion(self, ranks: int, engine: str) -> bool:
+        """Whether a checkpoint written on this layout must go through DeepSpeed's universal checkpoint to
+        be loaded on ``ranks`` ranks of ``engine``: its ZeRO partitions fit only their own number of ranks
+        (a torch optimizer state is whole on every rank)."""
+        return self.engine == "deepspeed" and (self.ranks, self.engine) != (ranks, engine)
+
     def describe(self) -> str:
         return (
             f"{self.ranks} rank(s) × {self.batch} images × {self.accumulation} accumulation step(s) = "
