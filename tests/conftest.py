@@ -194,6 +194,25 @@ def launch_cmd(config: str, *args: str, launcher_args: tuple[str, ...] = ()) -> 
     ]
 
 
+def pretrain_cmd(launcher, *args: str) -> list[str]:
+    """``mae-trainer pretrain ARGS...`` (``launcher`` None), or the same under ``accelerate launch`` with
+    ``launcher``: an accelerate config (``cpu_2proc.yaml``) or a tuple of it and launcher arguments."""
+    if launcher is None:
+        return [str(BIN / "mae-trainer"), "pretrain", *args]
+    config, *launcher_args = (launcher,) if isinstance(launcher, str) else launcher
+    return launch_cmd(config, "pretrain", *args, launcher_args=tuple(launcher_args))
+
+
+def weight_gap(a: Path, b: Path) -> float:
+    """The largest absolute difference between the ``model.safetensors`` weights of output folders ``a`` and
+    ``b`` (which hold the same tensors)."""
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    return max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+
+
 def small_embedded_beton(folder: Path, limit: int, max_resolution: int) -> Path:
     """The first ``limit`` images of the embedded set as a jpg .beton (a few steps per epoch)."""
     from mae_trainer.data.write import WriteSettings, embedded_source, write_beton

@@ -11,9 +11,8 @@ import json
 import shutil
 
 import pytest
-from safetensors.torch import load_file
 
-from .conftest import FP32_ZERO1, small_embedded_beton
+from .conftest import FP32_ZERO1, small_embedded_beton, weight_gap
 from .test_resume import finish, kill_after_checkpoint, start
 
 pytestmark = pytest.mark.slow
@@ -30,12 +29,6 @@ KILL_AT = "step_00000003"
 @pytest.fixture(scope="module")
 def beton(tmp_path_factory):
     return small_embedded_beton(tmp_path_factory.mktemp("elastic"), limit=160, max_resolution=64)
-
-
-def gap(a, b) -> float:
-    ours, theirs = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert ours.keys() == theirs.keys()
-    return max((ours[k] - theirs[k]).abs().max().item() for k in ours)
 
 
 def interrupted(beton, out, launcher, *extra):
@@ -67,7 +60,7 @@ def test_two_ranks_to_one_and_to_a_plain_process_fp32(beton, tmp_path):
     assert "layout: 2 rank(s) × 16 images × 1 accumulation step(s) = 32 → 1 rank(s) × 16 images × 2" in log
     log = resume(beton, source, tmp_path / "plain", None)
     assert not list((tmp_path / "plain" / "checkpoints").glob(".universal-*"))  # the staging is gone
-    to_one, to_plain = gap(tmp_path / "one_rank", reference), gap(tmp_path / "plain", reference)
+    to_one, to_plain = weight_gap(tmp_path / "one_rank", reference), weight_gap(tmp_path / "plain", reference)
     print(
         f"fp32 max |Δ| of the final weights: 2 → 1 ranks {to_one:.3g}, "
         f"2 ranks → 1 plain process {to_plain:.3g}"
@@ -84,6 +77,6 @@ def test_one_rank_to_two_and_back_bf16(beton, tmp_path):
     resume(beton, one, tmp_path / "one_to_two", "cpu_2proc.yaml", "--grad-accum", "2")
     two = interrupted(beton, tmp_path / "two", "cpu_2proc.yaml")
     resume(beton, two, tmp_path / "two_to_one", "cpu_1proc.yaml")
-    up, down = gap(tmp_path / "one_to_two", reference), gap(tmp_path / "two_to_one", reference)
+    up, down = weight_gap(tmp_path / "one_to_two", reference), weight_gap(tmp_path / "two_to_one", reference)
     print(f"bf16 max |Δ| of the final weights: 1 → 2 ranks {up:.3g}, 2 → 1 ranks {down:.3g}")
     assert up <= 1e-3 and down <= 1e-3  # bf16 rounding bound; measured 0 and 0 on this machine

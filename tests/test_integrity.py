@@ -15,18 +15,17 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
-    BIN,
+    digest,
     kill_after_publish,
     kill_tree,
-    launch_cmd,
     output_tail,
     pause_env,
+    pretrain_cmd,
     run_main,
     small_embedded_beton,
     start_logged,
     wait_for,
 )
-from .test_failures import digest
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +36,7 @@ FLAGS = (
 
 
 def pretrain(data: Path, out: Path, *extra: str, launcher: str | None = "cpu_1proc.yaml") -> list[str]:
-    cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
-    return [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra]
+    return pretrain_cmd(launcher, "--data", str(data), "--output-dir", str(out), *FLAGS, *extra)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> int:

@@ -14,12 +14,11 @@ import psutil
 import pytest
 
 from .conftest import (
-    BIN,
     digest,
     kill_tree,
-    launch_cmd,
     metrics_steps,
     output_tail,
+    pretrain_cmd,
     run_cli,
     small_embedded_beton,
     start_logged,
@@ -42,9 +41,8 @@ def beton(tmp_path_factory):
 
 
 def pretrain(beton, out, *extra, launcher=None, env=None):
-    cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
-    return start_logged([*cmd, "--data", str(beton), "--output-dir", str(out), *FLAGS, *extra],
-                        out.with_name(out.name + ".log"), env)  # fmt: skip
+    cmd = pretrain_cmd(launcher, "--data", str(beton), "--output-dir", str(out), *FLAGS, *extra)
+    return start_logged(cmd, out.with_name(out.name + ".log"), env)
 
 
 def wait_exit(proc, timeout=300) -> float:
