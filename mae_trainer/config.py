@@ -270,12 +270,34 @@ class TrainingConfig(RunConfig):
         group="run",
     )
 
+    save_every: int = option(
+        0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"
+    )
+    keep_last: int = option(2, "complete checkpoints kept", check=at_least(1), group="ckpt")
+    replan: bool = option(
+        False,
+        "with --resume: accept a changed --epochs/--max-steps; the rest of the lr cosine is stretched or "
+        "shrunk to the new length from where the run stands",
+        group="ckpt",
+    )
+    resume: str | None = option(
+        None,
+        "auto: the newest complete checkpoint in OUTPUT_DIR/checkpoints (if any; damaged newer ones are "
+        "named in a warning and skipped); or a path (refused if damaged)",
+        metavar="auto|PATH",
+        group="ckpt",
+    )
+    strict_resume: bool = option(
+        False, "with --resume auto: refuse a damaged newest checkpoint instead of falling back", group="ckpt"
+    )
+
     def validate(self) -> None:
         if not self.warmup_epochs < self.epochs:
             raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be below --epochs={self.epochs}")
 
-    def check_output(self) -> None:
-        """``--output-dir`` can hold this run's files, and holds no model unless ``--overwrite``. Probed
+    def check_output(self, resuming: bool = False) -> None:
+        """``--output-dir`` can hold this run's files, and holds no model unless ``--overwrite`` or the run
+        continues a checkpoint of it (``resuming``: a fine-tune saves its best model as it goes). Probed
         on rank 0 only (the probe creates and removes files; ranks probing at once would race)."""
         import os
 
@@ -284,10 +306,23 @@ class TrainingConfig(RunConfig):
         if os.environ.get("RANK", "0") == "0":
             with about("output_dir"):
                 check_output_dir(self.output_dir)
-        if (self.output_dir / "model.safetensors").exists() and not self.overwrite:
+        if (self.output_dir / "model.safetensors").exists() and not (self.overwrite or resuming):
             raise ConfigError(
                 "output_dir", self.output_dir, "already holds a model (pass --overwrite to replace it)"
             )
+
+    def write_recipe(self, path: Path) -> None:
+        """Every setting's final value (defaults ← recipe file ← command line) as a recipe file:
+        ``mae-trainer COMMAND --recipe PATH`` repeats the run."""
+        import yaml
+
+        from .publish import publish_text
+
+        publish_text(
+            path,
+            f"# Resolved settings of this run (mae-trainer {self.command} --recipe THIS_FILE repeats it)\n"
+            + yaml.safe_dump(self.to_recipe(), sort_keys=False),
+        )
 
     @property
     def trackers(self) -> tuple[str, ...]:
@@ -418,26 +453,6 @@ class PretrainConfig(TrainingConfig):
         "compiled when the stage starts)",
         group="model",
     )
-    save_every: int = option(
-        0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"
-    )
-    keep_last: int = option(2, "complete checkpoints kept", check=at_least(1), group="ckpt")
-    replan: bool = option(
-        False,
-        "with --resume: accept a changed --epochs/--max-steps; the rest of the lr cosine is stretched or "
-        "shrunk to the new length from where the run stands",
-        group="ckpt",
-    )
-    resume: str | None = option(
-        None,
-        "auto: the newest complete checkpoint in OUTPUT_DIR/checkpoints (if any; damaged newer ones are "
-        "named in a warning and skipped); or a path (refused if damaged)",
-        metavar="auto|PATH",
-        group="ckpt",
-    )
-    strict_resume: bool = option(
-        False, "with --resume auto: refuse a damaged newest checkpoint instead of falling back", group="ckpt"
-    )
     recon_images: int = option(
         8, "images in each reconstruction grid (0: none)", check=at_least(0), group="run"
     )
@@ -526,24 +541,51 @@ class FinetuneConfig(TrainingConfig):
         0.1,
         "without --val: hold out this fraction of --train per class (seeded by --seed)",
         group="data",
+        resume="same",
     )
     split: str = option("train", "HF dataset split for --train", group="data")
     val_split: str = option("validation", "HF dataset split for --val", group="data")
     image_column: str = option("image", "HF dataset image column", group="data")
     label_column: str = option("label", "HF dataset label column", group="data")
-    resolution: int | None = option(None, "default: the model's image_size", check=positive, group="model")
+    loader: str = option(
+        "auto",
+        "ffcv: crop-decode FFCV loader + augmentations on batches of tensors (on the GPU when there is one); "
+        "pil: PIL images in DataLoader workers; auto: ffcv for a .beton --train, else pil",
+        choices=("auto", "ffcv", "pil"),
+        group="data",
+        resume="same",
+    )
+    resolution: int | None = option(
+        None, "default: the model's image_size", check=positive, group="model", resume="same"
+    )
     global_pool: str = option("avg", "avg: fc_norm on the mean token; token: the class token",
-                              choices=("avg", "token"), group="model")  # fmt: skip
-    drop_path: float = option(0.1, "stochastic depth (0.1 B, 0.2 L/H)", check=in_unit_interval, group="model")
+                              choices=("avg", "token"), group="model", resume="same")  # fmt: skip
+    drop_path: float = option(
+        0.1, "stochastic depth (0.1 B, 0.2 L/H)", check=in_unit_interval, group="model", resume="same"
+    )
     augment: str = option(
         "randaug", "RandAugment, DeiT III's ThreeAugment or none", choices=("randaug", "three", "none"),
-        group="augmentation",
+        group="augmentation", resume="same",
     )  # fmt: skip
-    reprob: float = option(0.25, "random-erasing probability", check=in_unit_interval, group="augmentation")
-    mixup: float = option(0.8, "mixup alpha (0: off)", check=at_least(0), group="augmentation")
-    cutmix: float = option(1.0, "cutmix alpha (0: off)", check=at_least(0), group="augmentation")
-    smoothing: float = option(0.1, "label smoothing", check=in_unit_interval, group="augmentation")
-    layer_decay: float = option(0.65, "layer-wise lr decay (1: off)", group="optimisation")
+    reprob: float = option(
+        0.25, "random-erasing probability", check=in_unit_interval, group="augmentation", resume="same"
+    )
+    mixup: float = option(0.8, "mixup alpha (0: off)", check=at_least(0), group="augmentation", resume="same")
+    cutmix: float = option(
+        1.0, "cutmix alpha (0: off)", check=at_least(0), group="augmentation", resume="same"
+    )
+    smoothing: float = option(
+        0.1, "label smoothing", check=in_unit_interval, group="augmentation", resume="same"
+    )
+    layer_decay: float = option(0.65, "layer-wise lr decay (1: off)", group="optimisation", resume="same")
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay (e.g. 0.9999; 0: none, as the "
+        "MAE recipe); it is evaluated and saved beside the raw weights (OUTPUT/ema)",
+        check=in_unit_interval,
+        group="optimisation",
+        resume="same",
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -33,6 +33,21 @@ def jpeg_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """A tiny pre-trained MAE save (image size 32, 4 blocks; random weights: what matters is that they
+    arrive unchanged)."""
+    import torch
+
+    from mae_trainer import MAEConfig, MAEForPreTraining
+
+    torch.manual_seed(0)
+    model = MAEForPreTraining(MAEConfig.from_preset("tiny", image_size=32, num_hidden_layers=4))
+    path = tmp_path_factory.mktemp("pre") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_beton(tmp_path_factory) -> Path:
     """The embedded demo set written once per session."""
     from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
@@ -194,13 +209,18 @@ def launch_cmd(config: str, *args: str, launcher_args: tuple[str, ...] = ()) -> 
     ]
 
 
-def pretrain_cmd(launcher, *args: str) -> list[str]:
-    """``mae-trainer pretrain ARGS...`` (``launcher`` None), or the same under ``accelerate launch`` with
+def command_cmd(command: str, launcher, *args: str) -> list[str]:
+    """``mae-trainer COMMAND ARGS...`` (``launcher`` None), or the same under ``accelerate launch`` with
     ``launcher``: an accelerate config (``cpu_2proc.yaml``) or a tuple of it and launcher arguments."""
     if launcher is None:
-        return [str(BIN / "mae-trainer"), "pretrain", *args]
+        return [str(BIN / "mae-trainer"), command, *args]
     config, *launcher_args = (launcher,) if isinstance(launcher, str) else launcher
-    return launch_cmd(config, "pretrain", *args, launcher_args=tuple(launcher_args))
+    return launch_cmd(config, command, *args, launcher_args=tuple(launcher_args))
+
+
+def pretrain_cmd(launcher, *args: str) -> list[str]:
+    """:func:`command_cmd` of ``pretrain``."""
+    return command_cmd("pretrain", launcher, *args)
 
 
 def weight_gap(a: Path, b: Path) -> float:

@@ -59,8 +59,33 @@ class ShardedSampler(TraversalOrder):
 
     def __call__(self, loader) -> ShardedSampler:
         self.loader = loader
-        self.indices = np.asarray(loader.indices)
+        return self.bind(loader.indices)
+
+    def bind(self, indices) -> ShardedSampler:
+        """Order ``indices`` (the samples an epoch draws from); FFCV's loader binds its own."""
+        self.indices = np.asarray(indices)
         return self
+
+    def state(self, epoch: int, consumed: int, batch_size: int) -> dict:
+        """The position after ``consumed`` local batches of ``batch_size`` in ``epoch``, layout-free: the
+        epoch and the samples of it consumed by all ranks together (a finished epoch is the start of the
+        next)."""
+        if consumed == self.batches(batch_size):
+            epoch, consumed = epoch + 1, 0
+        return {"epoch": epoch, "samples": consumed * batch_size * self.world_size}
+
+    def load_state(self, state: dict, batch_size: int) -> int:
+        """Continue at ``state``'s position (:meth:`state`, saved on any layout of the same global batch);
+        returns the local batch the epoch restarts at."""
+        epoch, samples = state["epoch"], state["samples"]
+        per_round = batch_size * self.world_size
+        if samples % per_round:
+            raise ValueError(
+                f"cannot resume at sample {samples} of epoch {epoch} with {self.world_size} rank(s) "
+                f"× {batch_size} images: not a whole number of micro-batches"
+            )
+        self.resume_at(epoch, samples // per_round)
+        return samples // per_round
 
     @property
     def num_samples(self) -> int:

@@ -211,7 +211,7 @@ def train_transform(resolution: int, augment: str, mean, std, reprob: float):
         if reprob > 0:
             steps.append(RandomErasing(reprob, mode="pixel", device="cpu"))
         return transforms.Compose(steps)
-    return create_transform(
+    transform = create_transform(
         input_size=resolution,
         is_training=True,
         auto_augment=RANDAUGMENT if augment == "randaug" else None,
@@ -223,6 +223,28 @@ def train_transform(resolution: int, augment: str, mean, std, reprob: float):
         mean=tuple(mean),
         std=tuple(std),
     )
+    _posterize_to_zero_bits(transform)
+    return transform
+
+
+def _posterize_with_zero_bits(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """Posterize that keeps 0 bits as Pillow < 10 did (a black image) where Pillow now raises: timm's
+    "increasing" policy asks for 0 bits at the top magnitude (10, reached with the magnitude noise)."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def _posterize_to_zero_bits(transform) -> None:
+    """Give the posterize ops of ``transform``'s RandAugment :func:`_posterize_with_zero_bits`."""
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize_with_zero_bits
 
 
 def eval_transform(resolution: int, mean, std):

@@ -1,39 +1,74 @@
-"""Fine-tuning (``mae-trainer finetune``): the reference MAE fine-tune recipe on a pre-trained encoder.
+"""Fine-tuning (``mae-trainer finetune``): the reference MAE fine-tune recipe on a pre-trained encoder, at the
+scale and with the safety of pre-training. Read top to bottom: checks → model → engine → data → optimizer →
+resume → loop (lr, step, EMA, log, checkpoint) → evaluation and best model per epoch → results → push.
 
 ``MAEForImageClassification.from_pretrained`` (global-average pool + ``fc_norm`` or the class token,
 stochastic depth) → AdamW with layer-wise lr decay (timm's ``param_groups_layer_decay``, 0.65) and
 weight decay off norms/biases/class token → RandAugment (or DeiT III's ThreeAugment), random erasing,
-mixup/cutmix with label smoothing (timm's ``Mixup``) → per-iteration warmup + cosine lr → top-1 on the
-held-out split after every epoch; the best model is saved with ``save_pretrained`` (fp32).
+mixup/cutmix with label smoothing (timm's ``Mixup``) → per-iteration warmup + cosine lr → top-1/top-5 on
+the held-out split after every epoch; the best model is saved with ``save_pretrained`` (fp32), and with
+``--ema-decay`` an exponential moving average of the weights (timm's ``ModelEmaV3``, fp32) is evaluated
+and its best saved beside it (``OUTPUT/ema``).
 
-Runs as is or under ``accelerate launch`` (DeepSpeed ZeRO-1 BF16 configs included): data loaders are torch
-``DataLoader``s that accelerate shards across ranks.
+Data (``train_data.py``): a ``.beton`` goes through pre-training's crop-decode FFCV loader with the
+augmentations on batches of tensors; folders and ``datasets`` saves through PIL in ``DataLoader`` workers.
+Both follow the layout-free sample order of pre-training, every random draw keyed, so that checkpoints
+(``--save-every``, every epoch end, SIGTERM/SIGUSR1) resume bit-identically on the same layout and on any
+other one with the same global batch (DeepSpeed's universal checkpoint re-partitions the optimizer): the
+resume contract, output lock and damaged-checkpoint handling are pre-training's (``training/run_state.py``,
+``lifecycle.py``, ``checkpoint.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError, FinetuneConfig, about, world_size
-from ..data.schedules import check_side
-from ..publish import publish_text
-from ..training.engine import Engine, adamw
-from ..training.schedules import scaled_lr
-from .data import LabelledImages, eval_transform, open_labelled, train_transform
-from .probe import stratified_split
+from ..data.schedules import check_side, whole_batches
+from ..training.run_state import (
+    ResumePoint,
+    RunState,
+    check_resume,
+    data_identity,
+    loads_universal,
+    open_run,
+    planned_layout,
+    recipe_of,
+    total_steps,
+)
+from .data import BetonSource, open_labelled
+
+EMA_DIR = "ema"
+RESULTS = "results.json"
 
 
-def check(config: FinetuneConfig) -> None:
-    """Checks that need no process group: fail before any model or image is read."""
-    from ..modeling.loading import resolve_saved_model
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the run derives from its config and the world size before any work: checked inputs."""
 
-    with about("model"):
-        resolve_saved_model(config.model)  # folder or Hub id, ours or vit_mae, weights intact
-    config.check_output()
+    run: RunState  # the resume contract (layout included)
+    resume: ResumePoint | None
+    source: object  # the training split (downstream.data.ImageSource)
+    val_source: object  # the held-out split (the training split itself with --val-fraction)
+    train: list[int]  # positions in source.order
+    val: list[int]  # positions in val_source.order
+    loader: str  # "ffcv" or "pil"
+    resolution: int
+    patch_size: int
+    batches: int  # local micro-batches per epoch
+
+    @property
+    def layout(self):
+        return self.run.layout
+
+    @property
+    def total_steps(self) -> int:
+        epochs = self.run.length["epochs"]
+        return total_steps([self.batches] * epochs, self.layout.accumulation, self.run.length["max_steps"])
 
 
 def open_split(config: FinetuneConfig, key: str, train=None):
@@ -44,6 +79,72 @@ def open_split(config: FinetuneConfig, key: str, train=None):
         return open_labelled(
             path, split=split, train=train, image_column=config.image_column, label_column=config.label_column
         )
+
+
+def split_identity(source, positions: list[int]) -> dict:
+    """The training samples' identity for the resume contract: a ``.beton``'s file identity, or a digest of
+    the labels and class names of a folder or dataset, and which positions train."""
+    import hashlib
+
+    if isinstance(source, BetonSource):
+        identity = data_identity(source.path, len(source))
+    else:
+        text = json.dumps([list(source.classes), [source.labels[i] for i in source.order]])
+        identity = {"samples": len(source), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    identity["train_sha256"] = hashlib.sha256(np.asarray(positions, np.int64).tobytes()).hexdigest()[:16]
+    return identity
+
+
+def check(config: FinetuneConfig, world: int) -> Plan:
+    """Every check that needs no process group: fail before any model is built or image decoded. A resumed
+    run is compared with its checkpoint's contract here, once."""
+    from ..modeling.loading import resolve_saved_model
+    from .probe import stratified_split
+
+    layout, point = open_run(config, planned_layout(config, world))  # lock, checkpoint, layout
+    with about("model"):
+        saved_model = resolve_saved_model(config.model)  # folder or Hub id, ours or vit_mae, weights intact
+        model_config = json.loads((saved_model.folder / "config.json").read_text())
+    source = open_split(config, "train")
+    if len(source.classes) < 2:
+        raise ConfigError("train", config.train, f"needs at least 2 classes (found {len(source.classes)})")
+    if config.val is not None:
+        val_source = open_split(config, "val", source)
+        train, val = list(range(len(source))), list(range(len(val_source)))
+    else:
+        val_source = source
+        labels = np.asarray([source.labels[i] for i in source.order])
+        train, val = (part.tolist() for part in stratified_split(labels, config.val_fraction, config.seed))
+        if not val:
+            raise ConfigError("val_fraction", config.val_fraction, f"holds out no image of {config.train}")
+    beton = isinstance(source, BetonSource)
+    loader = config.loader if config.loader != "auto" else ("ffcv" if beton else "pil")
+    if loader == "ffcv" and not beton:
+        raise ConfigError("loader", "ffcv", f"needs a .beton --train ({config.train} is not one)")
+    patch = int(model_config.get("patch_size", 16))
+    resolution = config.resolution or int(model_config.get("image_size", 224))
+    with about("resolution"):
+        check_side(resolution, patch)
+    batches = whole_batches(len(train), world, layout.batch, layout.accumulation)
+    if batches == 0:
+        raise ConfigError(
+            "batch_size",
+            layout.batch,
+            f"{layout.describe()} images per optimizer step: {config.train} has {len(train)} training images",
+        )
+    run = RunState(
+        command=config.command,
+        model={"classes": list(source.classes), "resolution": resolution, "patch_size": patch},
+        recipe=recipe_of(config, "same"),
+        length=recipe_of(config, "length"),
+        stages=[[0, resolution, 0.0, layout.global_batch]],
+        data=split_identity(source, train),
+        layout=layout,
+    )
+    if point is not None:
+        run = check_resume(config, point.path, point.state["step"], point.saved, run, lambda e: [batches] * e)
+    config.check_output(resuming=point is not None)
+    return Plan(run, point, source, val_source, train, val, loader, resolution, patch, batches)
 
 
 def load_model(config: FinetuneConfig, classes: list[str]):
@@ -60,85 +161,121 @@ def load_model(config: FinetuneConfig, classes: list[str]):
         )
 
 
-def soft_targets(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
+def soft_targets(labels, classes: int, smoothing: float):
     """One-hot targets with label smoothing (what timm's Mixup produces when it mixes nothing)."""
+    import torch.nn.functional as F
+
     off = smoothing / classes
     return F.one_hot(labels, classes).float() * (1.0 - smoothing) + off
 
 
-@torch.no_grad()
-def evaluate(accelerator, model, loader, dtype) -> dict:
-    """Top-1 (and top-5 with ≥ 5 classes) and the loss on every held-out image, over all ranks."""
+def evaluate(engine, model, batches, dtype) -> dict:
+    """Top-1, top-5 (with ≥ 5 classes) and the loss over the held-out images, each rank scoring its own
+    share (``batches``) and the sums reduced over ranks: every image once, on any layout."""
+    import torch
+    import torch.nn.functional as F
+
+    sums = torch.zeros(4, dtype=torch.float64, device=engine.device)  # top-1, top-5, loss, images
+    classes = None
+    was_training = model.training
     model.eval()
-    correct1 = correct5 = seen = 0
-    loss_sum = 0.0
-    for images, labels in loader:
-        logits = model(images.to(dtype)).logits.float()
-        logits, labels = accelerator.gather_for_metrics((logits, labels))
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-        seen += labels.numel()
-    model.train()
-    result = {"val_acc1": correct1 / seen, "val_loss": loss_sum / seen, "val_images": seen}
-    if logits.shape[1] >= 5:
-        result["val_acc5"] = correct5 / seen
+    with torch.no_grad():
+        for images, labels in batches:
+            logits = model(images.to(dtype)).logits.float()
+            classes = logits.shape[1]
+            top = logits.topk(min(5, classes), dim=1).indices
+            sums[0] += (top[:, 0] == labels).sum()
+            sums[1] += (top == labels[:, None]).any(dim=1).sum()
+            sums[2] += F.cross_entropy(logits, labels, reduction="sum").double()
+            sums[3] += labels.numel()
+    model.train(was_training)
+    if engine.num_processes > 1:
+        sums = engine.accelerator.reduce(sums, reduction="sum")
+    top1, top5, loss, images = sums.tolist()
+    seen = max(images, 1.0)
+    result = {"val_acc1": top1 / seen, "val_loss": loss / seen, "val_images": int(images)}
+    classes = classes or model_classes(model)
+    if classes >= 5:
+        result["val_acc5"] = top5 / seen
     return result
+
+
+def model_classes(model) -> int:
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model).config.num_labels
 
 
 def run(config: FinetuneConfig) -> dict:
     """Fine-tune; the best model (by held-out top-1) is saved in ``config.output_dir``. Returns its
-    metrics."""
+    metrics (``results.json``)."""
+    return train(config, check(config, world_size()))
+
+
+def train(config: FinetuneConfig, plan: Plan) -> dict:
+    import torch
     from accelerate.utils import set_seed
     from timm.data import Mixup
     from timm.optim import param_groups_layer_decay
 
-    check(config)
-    batch_size = config.per_rank_batch(world_size())
-    source = open_split(config, "train")
-    if len(source.classes) < 2:
-        raise ConfigError("train", config.train, f"needs at least 2 classes (found {len(source.classes)})")
-    if config.val is not None:
-        val_source = open_split(config, "val", source)
-        train_idx, val_idx = list(range(len(source))), list(range(len(val_source)))
-    else:
-        val_source = source
-        labels = [source.labels[i] for i in source.order]
-        train_idx, val_idx = (
-            part.tolist() for part in stratified_split(np.asarray(labels), config.val_fraction, config.seed)
-        )
-        if not val_idx:
-            raise ConfigError("val_fraction", config.val_fraction, f"holds out no image of {config.train}")
+    from ..training.engine import Engine, adamw
+    from ..training.lifecycle import StopSignals
+    from ..training.schedules import optimizer_steps_before, scaled_lr
+    from .data import train_transform
+    from .train_data import FFCVTrainData, PILTrainData, eval_batches, keyed_rng, mix
 
+    layout = plan.layout
+    classes = plan.source.classes
     set_seed(config.seed)
-    model = load_model(config, source.classes)  # before the engine: a refused model leaves no output folder
+    model = load_model(config, classes)  # before the engine: a refused model leaves no output folder
     model_config = model.config
-    resolution = config.resolution or model_config.image_size
-    with about("resolution"):
-        check_side(resolution, model_config.patch_size)
-    world = world_size()
-    per_step = batch_size * world * config.grad_accum
-    if len(train_idx) < per_step:
-        raise ConfigError(
-            "batch_size",
-            batch_size,
-            f"{world} process(es) × {config.grad_accum} accumulation need {per_step} training images; "
-            f"{config.train} has {len(train_idx)}",
-        )
-    engine = Engine(config, micro_batch=batch_size, name="finetune", metric_prefix="train/")
-    set_seed(config.seed, device_specific=True)  # augmentation and mixup differ per rank
+    engine = Engine(
+        config,
+        micro_batch=layout.batch,
+        grad_accum=layout.accumulation,
+        name="finetune",
+        metric_prefix="train/",
+        load_universal=loads_universal(plan.resume, layout),
+        cosine=plan.run.cosine,
+    )
+    stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
+    set_seed(config.seed, device_specific=True)  # stochastic depth differs per rank
+    ema = None
+    if config.ema_decay > 0:
+        from timm.utils import ModelEmaV3
 
-    mean, std = model_config.image_mean, model_config.image_std
-    train_set = LabelledImages(
-        source, train_idx, train_transform(resolution, config.augment, mean, std, config.reprob)
-    )
-    val_set = LabelledImages(val_source, val_idx, eval_transform(resolution, mean, std))
-    loader_kwargs = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
-    train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=True, **loader_kwargs
-    )
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size, **loader_kwargs)
+        # fp32 copy of the fp32 weights, made before DeepSpeed casts the model to BF16
+        ema = ModelEmaV3(model, decay=config.ema_decay, device=engine.device, dtype=torch.float32)
+        ema.module.eval()
+        engine.keep_in_checkpoints(ema)
+
+    mean, std = list(model_config.image_mean), list(model_config.image_std)
+    resolution, device = plan.resolution, engine.device
+    common = {"batch_size": layout.batch, "seed": config.seed, "accumulation": layout.accumulation,
+              "num_workers": config.num_workers, "device": device}  # fmt: skip
+    if plan.loader == "ffcv":
+        from ..data.batch_augment import BatchAugment
+
+        items = [plan.source.order[i] for i in plan.train]
+        augment = BatchAugment(config.augment, mean, std, config.reprob, resolution)
+        data = FFCVTrainData(
+            plan.source.path,
+            items,
+            resolution=resolution,
+            patch_size=plan.patch_size,
+            augment=augment,
+            **common,
+        )
+    else:
+        transform = train_transform(resolution, config.augment, mean, std, config.reprob)
+        data = PILTrainData(plan.source, plan.train, transform, **common)
+
+    def held_out():
+        return eval_batches(
+            plan.val_source, plan.val, resolution=resolution, mean=mean, std=std, batch_size=layout.batch,
+            num_workers=config.num_workers, rank=engine.accelerator.process_index, world=engine.num_processes,
+            device=device,
+        )  # fmt: skip
 
     groups = param_groups_layer_decay(
         model,
@@ -146,71 +283,155 @@ def run(config: FinetuneConfig) -> dict:
         no_weight_decay_list=model.no_weight_decay(),
         layer_decay=config.layer_decay,
     )
-    peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, per_step)
-    optimizer = adamw(groups, peak_lr, (0.9, 0.999), engine.device)
-    model, optimizer, train_loader, val_loader = engine.prepare(model, optimizer, train_loader, val_loader)
+    peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, layout.global_batch)
+    optimizer = adamw(groups, peak_lr, (0.9, 0.999), device)
+    model, optimizer = engine.prepare(model, optimizer)
     dtype = next(model.parameters()).dtype
-
-    steps_per_epoch = len(train_loader) // config.grad_accum
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    classes = len(source.classes)
+    unwrapped = engine.accelerator.unwrap_model(model)
+    warmup_steps = optimizer_steps_before(
+        config.warmup_epochs, [plan.batches] * config.epochs, layout.accumulation
+    )
     mixup = (
-        Mixup(
-            mixup_alpha=config.mixup,
-            cutmix_alpha=config.cutmix,
-            label_smoothing=config.smoothing,
-            num_classes=classes,
-        )
+        Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
+              num_classes=len(classes))
         if config.mixup > 0 or config.cutmix > 0
         else None
-    )
+    )  # fmt: skip
 
-    engine.start(total_steps, config.to_recipe(), fresh=True)
-    engine.print(
-        f"fine-tuning {config.model} ({model_config.global_pool} pool, {classes} classes, "
-        f"{len(train_idx)} train / {len(val_idx)} held-out images) at {resolution}px on "
-        f"{engine.num_processes} process(es) ({engine.accelerator.distributed_type}, {dtype}); effective "
-        f"batch {per_step}, peak lr {peak_lr:.3g}, layer decay {config.layer_decay}, {total_steps} steps"
-    )
-    best = None
+    resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
+    if engine.is_main:
+        resolved.write_recipe(config.output_dir / "resolved_config.yaml")
+    start_epoch, best = 0, {}
+    point = plan.resume
+    if point is not None:
+        state = engine.resume(point.path, point.state, point.saved.layout, model, optimizer)
+        data.load_state_dict(state["sampler"])
+        start_epoch, best = state["sampler"]["epoch"], state.get("best", {})
+        if point.layout_note:
+            engine.print(point.layout_note)
+        engine.print(
+            f"resumed from {point.path} at step {engine.step} (epoch {start_epoch}, "
+            f"{state['sampler']['samples']} images into it)"
+        )
+    engine.start(plan.total_steps, resolved.to_recipe(), fresh=point is None)
+    if point is None:
+        engine.print(
+            f"fine-tuning {config.model} ({model_config.global_pool} pool, {len(classes)} classes, "
+            f"{len(plan.train)} train / {len(plan.val)} held-out images) at {resolution}px with the "
+            f"{plan.loader} loader on {engine.num_processes} process(es) "
+            f"({engine.accelerator.distributed_type}, {dtype}); effective batch {layout.global_batch}, "
+            f"peak lr {peak_lr:.3g}, layer decay {config.layer_decay}, {plan.total_steps} steps"
+            + (f", EMA {config.ema_decay}" if ema else "")
+        )
+
+    def checkpoint() -> Path:
+        state = {"sampler": data.state_dict(), "best": best, "run": plan.run.to_dict()}
+        return engine.checkpoint({**state, "args": resolved.to_recipe()}, config.keep_last)
+
+    def forward(model, images, targets, seed: int):
+        with keyed_rng(seed, device):  # stochastic depth keyed by the micro-batch, not the layout
+            return model(images, labels=targets)
+
     model.train()
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         if engine.done:
             break
-        for batch, (images, labels) in enumerate(engine.timed(train_loader)):
+        for batch in engine.timed(data.epoch(epoch)):
             engine.set_lr(optimizer, peak_lr, warmup_steps)
+            images, labels = batch.images, batch.labels
             if mixup is not None:
-                images, targets = mixup(images, labels)
+                images, targets = mix(mixup, images, labels, batch.seed)
             else:
-                targets = soft_targets(labels, classes, config.smoothing)
+                targets = soft_targets(labels, len(classes), config.smoothing)
             out, stepped = engine.micro_step(
                 model,
                 optimizer,
-                lambda: model(images.to(dtype), labels=targets),  # noqa: B023 (called at once)
+                lambda: forward(model, images.to(dtype), targets, batch.seed),  # noqa: B023 (called at once)
                 images=images.shape[0],
-                where=f"epoch {epoch}, batch {batch}",
+                where=f"epoch {epoch}, batch {batch.index}",
             )
             # top-1 against each image's own label: on mixup/cutmix batches only the dominant image's
             # label is scored, so this reads low; it is a trend, the held-out top-1 is the measure
             engine.add("acc1", (out.logits.detach().argmax(-1) == labels).float().mean())
-            if stepped and engine.log_due:
+            if not stepped:
+                continue
+            if ema is not None:
+                ema.update(unwrapped, step=engine.step)
+            if engine.log_due:
                 engine.log(epoch)
+            if not engine.done and stop.requested():  # a signal on any rank, agreed by all: save, exit
+                stop.stop(engine, checkpoint())
+            if config.save_every and engine.step % config.save_every == 0 and not engine.done:
+                checkpoint()
             if engine.done:
                 break
-        metrics = evaluate(engine.accelerator, model, val_loader, dtype)
-        engine.write({"step": engine.step, "epoch": epoch, **{f"val/{k[4:]}": v for k, v in metrics.items()}})
+        best = evaluate_epoch(engine, config, model, ema, held_out, dtype, epoch, best)
+        if not engine.done:  # epoch end: the resume point after a crash (its evaluation is done)
+            checkpoint()
+    engine.finish()
+    results = summary(best)
+    if engine.is_main:
+        from ..publish import publish_text
+
+        publish_text(config.output_dir / RESULTS, json.dumps(results, indent=2))
+        print(json.dumps({"finetune": "best", **results}), flush=True)
+    return results
+
+
+def evaluate_epoch(engine, config, model, ema, held_out, dtype, epoch: int, best: dict) -> dict:
+    """Evaluate the weights (and their EMA) on the held-out split after ``epoch``; log, and save each one
+    that beats its best so far (``OUTPUT``, ``OUTPUT/ema``). Returns the bests."""
+    from ..modeling import MAEForImageClassification
+
+    best = dict(best)
+    import torch
+
+    kinds = [("raw", model, dtype)] + ([("ema", ema.module, torch.float32)] if ema is not None else [])
+    for kind, weights, weights_dtype in kinds:
+        metrics = evaluate(engine, weights, held_out(), weights_dtype)
+        prefix = "val/" if kind == "raw" else "val_ema/"
+        engine.write({"step": engine.step, "epoch": epoch, **{prefix + k[4:]: v for k, v in metrics.items()}})
         engine.print(
-            f"epoch {epoch}: held-out top-1 {metrics['val_acc1']:.4f} ({metrics['val_images']} images), "
+            f"epoch {epoch}: held-out top-1 {metrics['val_acc1']:.4f}"
+            + (f", top-5 {metrics['val_acc5']:.4f}" if "val_acc5" in metrics else "")
+            + f" ({metrics['val_images']} images, {'EMA' if kind == 'ema' else 'weights'}), "
             f"loss {metrics['val_loss']:.4f}"
         )
-        if best is None or metrics["val_acc1"] > best["val_acc1"]:
-            best = {**metrics, "epoch": epoch, "step": engine.step}
-            engine.save_model(model, type(engine.accelerator.unwrap_model(model)), model_config, "best")
-    engine.finish()
-    if engine.is_main:
-        publish_text(config.output_dir / "results.json", json.dumps(best, indent=2))
-        print(json.dumps({"finetune": "best", **best}), flush=True)
+        if kind not in best or metrics["val_acc1"] > best[kind]["val_acc1"]:
+            best[kind] = {**metrics, "epoch": epoch, "step": engine.step}
+            if kind == "raw":
+                engine.save_model(
+                    model, MAEForImageClassification, engine.accelerator.unwrap_model(model).config
+                )
+            else:
+                save_ema(engine, config, weights)
     return best
+
+
+def weights_config(engine, model):
+    return engine.accelerator.unwrap_model(model).config
+
+
+def save_ema(engine, config: FinetuneConfig, module) -> None:
+    """The EMA weights (fp32, the same on every rank) as ``OUTPUT/ema``: a ``save_pretrained`` folder."""
+    from ..publish import publish_folder
+    from ..training.checkpoint import raise_if_final_save_failed, write_error
+
+    error = None
+    if engine.is_main:
+        error = write_error(
+            lambda: publish_folder(
+                config.output_dir / EMA_DIR,
+                lambda folder: module.save_pretrained(folder, safe_serialization=True),
+            )
+        )
+    raise_if_final_save_failed(engine.accelerator, error, config.output_dir)
+
+
+def summary(best: dict) -> dict:
+    """``results.json``: the best held-out metrics of the weights, of their EMA if any, and which of the two
+    is better (``weights``; its metrics also at the top level)."""
+    if not best:
+        return {}
+    winner = max(best, key=lambda kind: (best[kind]["val_acc1"], kind == "raw"))
+    return {**best[winner], "weights": winner, **{kind: best[kind] for kind in best}}

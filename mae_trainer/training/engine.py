@@ -175,6 +175,11 @@ class Engine:
     def prepare(self, *objects):
         return self.accelerator.prepare(*objects)
 
+    def keep_in_checkpoints(self, obj) -> None:
+        """Save ``obj``'s ``state_dict`` (whole, as the main process holds it) with every checkpoint and
+        load it on every rank at a resume, on any layout (an EMA of the weights)."""
+        self.accelerator.register_for_checkpointing(obj)
+
     def start(self, total_steps: int, hparams: dict, *, fresh: bool) -> None:
         """Open the trackers and the progress bar; a fresh run (not a resume) starts ``metrics.jsonl``. A
         run resumed at step S keeps each step once: ``metrics.jsonl`` drops its records past S (written
@@ -418,6 +423,10 @@ class Engine:
                 model.load_checkpoint(str(staging), tag=elastic.TAG, load_lr_scheduler_states=False)
             else:
                 elastic.load_universal_into_torch(staging, self.accelerator.unwrap_model(model), optimizer)
+            from accelerate.checkpointing import load_custom_state
+
+            for index, obj in enumerate(self.accelerator._custom_objects):  # whole on every rank (EMA)
+                load_custom_state(obj, str(path), index)
         finally:
             self.accelerator.wait_for_everyone()
             if self.is_main:

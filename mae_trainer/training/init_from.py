@@ -83,4 +83,4 @@ def init_weights(engine, model, spec: str | None, plan) -> None:
             f"weights from --init-from {spec} ({plan.init_from}); optimizer, lr and data start fresh"
         )
     elif spec is not None:
-        engine.print(f"--init-from {spec} not used: resuming from the checkpoint {plan.resume}")
+        engine.print(f"--init-from {spec} not used: resuming from the checkpoint {plan.resume.path}")

@@ -15,19 +15,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import ConfigError, PretrainConfig, about, deepspeed_launched, world_size
+from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
-from .checkpoint import read_state, resolve_resume
 from .init_from import check_init_from
-from .lifecycle import StopSignals, claim_output_dir
+from .lifecycle import StopSignals
 from .run_state import KEY as RUN_KEY
 from .run_state import (
     Layout,
+    ResumePoint,
     RunState,
     check_resume,
     data_identity,
+    loads_universal,
+    open_run,
+    planned_layout,
     recipe_of,
-    resume_layout,
     total_steps,
 )
 
@@ -40,12 +42,9 @@ class Plan:
 
     schedule: ResolutionSchedule
     batches: list[int]  # micro-batches per rank in each epoch
-    resume: Path | None
     run: RunState  # the resume contract of this run (run_state.py): layout included
     init_from: Path | None = None  # the resolved --init-from folder; None when a checkpoint is resumed
-    saved: RunState | None = None  # the contract of the checkpoint resumed, if any
-    resume_state: dict | None = None  # its trainer_state.json, read once
-    layout_note: str | None = None  # how the layout differs from the checkpoint's, if it does
+    resume: ResumePoint | None = None  # the checkpoint continued, if any
 
     @property
     def batch_size(self) -> int:
@@ -62,14 +61,7 @@ class Plan:
 
     @property
     def load_universal(self) -> bool:
-        """The checkpoint resumed holds ZeRO partitions of another number of ranks, and this run's DeepSpeed
-        engine takes them as a universal checkpoint (``elastic.py``)."""
-        layout = self.run.layout
-        return (
-            self.saved is not None
-            and layout.engine == "deepspeed"
-            and self.saved.layout.needs_conversion(layout.ranks, layout.engine)
-        )
+        return loads_universal(self.resume, self.run.layout)
 
 
 # The config field behind each ResolutionSchedule argument (a ScheduleError names the argument at fault).
@@ -110,30 +102,10 @@ def check(config: PretrainConfig, world: int) -> Plan:
     from ..data.beton import check_beton
     from ..modeling.presets import PRESETS
 
-    engine = "deepspeed" if deepspeed_launched() else "torch"
-    layout = Layout(world, config.per_rank_batch(world), config.grad_accum, engine)
-    with about("output_dir"):  # every rank dies with its launcher; rank 0 locks the folder (lifecycle.py)
-        claim_output_dir(config.output_dir)
-    with about("resume"):
-        resume = resolve_resume(config.resume, config.output_dir / "checkpoints", strict=config.strict_resume)
-    saved, note, state = None, None, None
-    if resume is not None:
-        with about("resume"):
-            state = read_state(resume)
-            saved = RunState.of_checkpoint(resume, state)
-            layout, note = resume_layout(
-                saved.layout, world, layout.batch, layout.accumulation, config.global_batch_size
-            )
-            if saved.layout.engine == "torch" and engine == "deepspeed":
-                raise ConfigError(
-                    "resume",
-                    resume,
-                    "written by a run without DeepSpeed (torch's AdamW state, no ZeRO partitions): resume "
-                    "it the same way, without a DeepSpeed accelerate config",
-                )
-        layout = dataclasses.replace(layout, engine=engine)
+    # the lock, the checkpoint and the layout that keeps its global batch (run_state.py)
+    layout, point = open_run(config, planned_layout(config, world))
     init_from = None
-    if config.init_from is not None and resume is None:  # a preempted --init-from run resumes, not re-inits
+    if config.init_from is not None and point is None:  # a preempted --init-from run resumes, not re-inits
         init_from = check_init_from(config.init_from, config.model).folder
     with about("data"):
         count = check_beton(config.data)
@@ -168,9 +140,9 @@ def check(config: PretrainConfig, world: int) -> Plan:
         data=data_identity(config.data, count),
         layout=layout,
     )
-    if saved is not None:
-        run = check_resume(config, resume, state["step"], saved, run, batches_for)
-    plan = Plan(schedule, batches, resume, run, init_from, saved, state, note)
+    if point is not None:
+        run = check_resume(config, point.path, point.state["step"], point.saved, run, batches_for)
+    plan = Plan(schedule, batches, run, init_from, point)
     if config.push_to_hub:
         from huggingface_hub.errors import HFValidationError
         from huggingface_hub.utils import validate_repo_id
@@ -291,19 +263,20 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     # the per-rank batch and accumulation this run used
     resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
     if engine.is_main:
-        write_resolved_config(resolved, output_dir / RESOLVED_CONFIG)
+        resolved.write_recipe(output_dir / RESOLVED_CONFIG)
     recon_images = None
     if engine.is_main and config.recon_images > 0:
         recon_images = fixed_images(config.recon_data or config.data, config.resolution, config.recon_images)
     start_epoch = 0
-    if plan.resume is not None:
-        state = engine.resume(plan.resume, plan.resume_state, plan.saved.layout, model, optimizer)
+    point = plan.resume
+    if point is not None:
+        state = engine.resume(point.path, point.state, point.saved.layout, model, optimizer)
         start_epoch = state["sampler"]["epoch"]
         loader.load_state_dict(state["sampler"])
-        if plan.layout_note:
-            engine.print(plan.layout_note)
+        if point.layout_note:
+            engine.print(point.layout_note)
         engine.print(
-            f"resumed from {plan.resume} at step {engine.step} (epoch {start_epoch}, "
+            f"resumed from {point.path} at step {engine.step} (epoch {start_epoch}, "
             f"{state['sampler']['samples']} images into it)"
         )
     engine.start(total_steps, resolved.to_recipe(), fresh=plan.resume is None)
@@ -432,17 +405,3 @@ def log_reconstruction(engine, model, images) -> None:
     folder.mkdir(exist_ok=True)
     save_png(picture, folder / f"step_{engine.step:08d}.png")
     engine.log_image("reconstruction", picture)
-
-
-def write_resolved_config(config: PretrainConfig, path: Path) -> None:
-    """Every setting's final value (defaults ← recipe file ← command line, with the per-rank batch this run
-    used) as a recipe: ``mae-trainer pretrain --recipe OUTPUT/resolved_config.yaml`` repeats the run."""
-    import yaml
-
-    from ..publish import publish_text
-
-    publish_text(
-        path,
-        "# Resolved settings of this run (mae-trainer pretrain --recipe THIS_FILE repeats it)\n"
-        + yaml.safe_dump(config.to_recipe(), sort_keys=False),
-    )

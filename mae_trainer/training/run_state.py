@@ -235,3 +235,65 @@ def total_steps(batches: list[int], grad_accum: int, max_steps: int | None) -> i
     """Optimizer steps of a run whose epochs have ``batches`` local batches each, cut at ``max_steps``."""
     steps = sum(batches) // grad_accum
     return steps if max_steps is None else min(steps, max_steps)
+
+
+def planned_layout(config, world: int) -> Layout:
+    """The layout the flags ask for on ``world`` ranks, and the engine this process runs under."""
+    from ..config import deepspeed_launched
+
+    engine = "deepspeed" if deepspeed_launched() else "torch"
+    return Layout(world, config.per_rank_batch(world), config.grad_accum, engine)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues: its folder, ``trainer_state.json`` (read once), its contract, and
+    how this run's layout differs from the one that wrote it (a line, or None)."""
+
+    path: Path
+    state: dict
+    saved: RunState
+    layout_note: str | None = None
+
+
+def open_run(config, layout: Layout) -> tuple[Layout, ResumePoint | None]:
+    """What every training command does first, before any model or image is read: lock
+    ``--output-dir`` (rank 0; every rank dies with its launcher), find the checkpoint ``--resume`` names
+    (damaged ones skipped or refused: ``checkpoint.resolve_resume``), read its contract and fit this
+    run's ``layout`` to its global batch (:func:`resume_layout`). Returns the layout to run and the
+    resume point (None for a fresh run). Errors are ``ConfigError``\\ s of ``--output-dir``/``--resume``."""
+    from ..config import about
+    from .checkpoint import read_state, resolve_resume
+    from .lifecycle import claim_output_dir
+
+    with about("output_dir"):
+        claim_output_dir(config.output_dir)
+    with about("resume"):
+        path = resolve_resume(config.resume, config.output_dir / "checkpoints", strict=config.strict_resume)
+    if path is None:
+        return layout, None
+    engine = layout.engine
+    with about("resume"):
+        state = read_state(path)
+        saved = RunState.of_checkpoint(path, state)
+        if saved.command != config.command:
+            raise InputError(f"{path}: a checkpoint of `{saved.command}`, not of `{config.command}`")
+        fitted, note = resume_layout(
+            saved.layout, layout.ranks, layout.batch, layout.accumulation, config.global_batch_size
+        )
+        if saved.layout.engine == "torch" and engine == "deepspeed":
+            raise InputError(
+                f"{path}: written by a run without DeepSpeed (torch's AdamW state, no ZeRO partitions): "
+                "resume it the same way, without a DeepSpeed accelerate config"
+            )
+    return dataclasses.replace(fitted, engine=engine), ResumePoint(path, state, saved, note)
+
+
+def loads_universal(point: ResumePoint | None, layout: Layout) -> bool:
+    """The checkpoint resumed holds ZeRO partitions of another number of ranks, and this run's DeepSpeed
+    engine takes them as a universal checkpoint (``elastic.py``)."""
+    return (
+        point is not None
+        and layout.engine == "deepspeed"
+        and point.saved.layout.needs_conversion(layout.ranks, layout.engine)
+    )

@@ -1,0 +1,112 @@
+"""Fine-tuning survives what pre-training survives, through the same pieces (run_state, lifecycle,
+checkpoint): SIGTERM checkpoints at a step boundary and resumes bit-identically (one process with
+accumulation, EMA on, FFCV and PIL decode paths), two DeepSpeed ranks killed after a mid-epoch checkpoint
+resume bit-identically on two ranks and exactly on one plain process (fp32: every random draw is keyed by
+sample or micro-batch, so nothing depends on the layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+
+from .conftest import (
+    FP32_ZERO1,
+    command_cmd,
+    kill_after_publish,
+    metrics_steps,
+    small_embedded_beton,
+    start_logged,
+    wait_for,
+    weight_gap,
+)
+from .test_resume import finish
+
+pytestmark = pytest.mark.slow
+
+# 96 labelled images of 3 classes; 24 held out; 72 train at a global batch of 8: 9 steps per epoch
+FLAGS = (
+    "--val-fraction 0.25 --warmup-epochs 1 --batch-size 4 --num-workers 1 --log-every 1 --blr 1e-2 "
+    "--seed 5 --report-to none --keep-last 2"
+).split()
+
+
+@pytest.fixture(scope="module")
+def beton(tmp_path_factory):
+    return small_embedded_beton(tmp_path_factory.mktemp("ft_resume"), limit=96, max_resolution=64)
+
+
+def start(model, data, out, *extra, launcher=None, env=None):
+    args = ("--model", str(model), "--train", str(data), "--output-dir", str(out), *FLAGS, *extra)
+    return start_logged(command_cmd("finetune", launcher, *args), out.with_name(out.name + ".log"), env)
+
+
+def records(out, key: str) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if key in r]
+
+
+def assert_same_run(a, b, ema: bool) -> None:
+    """The two output folders hold the same run: best weights (and EMA), every held-out evaluation, every
+    logged training loss, the same results."""
+    assert weight_gap(a, b) == 0
+    if ema:
+        assert weight_gap(a / "ema", b / "ema") == 0
+    assert records(a, "val/acc1") == records(b, "val/acc1")
+    assert records(a, "val_ema/acc1") == records(b, "val_ema/acc1")
+    losses = [{k: r[k] for k in ("step", "train/loss")} for r in records(a, "train/loss")]
+    assert losses == [{k: r[k] for k in ("step", "train/loss")} for r in records(b, "train/loss")]
+    assert json.loads((a / "results.json").read_text()) == json.loads((b / "results.json").read_text())
+
+
+@pytest.mark.parametrize("loader", ["ffcv", "pil"])
+def test_sigterm_then_resume_is_bitwise(tiny_pretrained, beton, tmp_path, loader):
+    """One process, accumulation 2, EMA: SIGTERM mid-run → exit 143 with a checkpoint at the step boundary;
+    ``--resume auto`` finishes the same run as an uninterrupted one, bit for bit."""
+    extra = ("--epochs", "4", "--grad-accum", "2", "--ema-decay", "0.9", "--loader", loader)
+    reference = tmp_path / "reference"
+    finish(start(tiny_pretrained, beton, reference, *extra))
+    out = tmp_path / "stopped"
+    proc = start(tiny_pretrained, beton, out, *extra)
+    wait_for(lambda: len(metrics_steps(out)) >= 3, proc, "step 3 to be logged", log=proc.log)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=300)
+    log = proc.log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    stopped = [x for x in log.splitlines() if x.startswith("mae-trainer: stopped by SIGTERM")]
+    assert len(stopped) == 1 and "rerun with --resume auto" in stopped[0], log[-3000:]
+    log = finish(start(tiny_pretrained, beton, out, *extra, "--resume", "auto"))
+    assert "resumed from" in log
+    assert_same_run(reference, out, ema=True)
+    results = json.loads((out / "results.json").read_text())
+    assert results["weights"] in ("raw", "ema") and {"raw", "ema"} <= results.keys()
+    assert results["val_images"] == 24 and results["raw"]["val_images"] == 24
+
+
+def test_two_ranks_killed_mid_epoch_resume_on_two_and_on_one(tiny_pretrained, beton, tmp_path):
+    """DeepSpeed ZeRO-1 (fp32) on 2 ranks, killed right after the step-4 checkpoint (mid-epoch 0):
+    resumed on 2 ranks it is the uninterrupted run bit for bit; resumed in one plain process
+    (accumulation 2, torch's AdamW from DeepSpeed's universal checkpoint) it is too."""
+    two = ("cpu_2proc.yaml", *FP32_ZERO1)
+    extra = ("--epochs", "2", "--save-every", "4")
+    reference = tmp_path / "reference"
+    finish(start(tiny_pretrained, beton, reference, *extra, launcher=two))
+    killed = tmp_path / "killed"
+    cmd = command_cmd(
+        "finetune", two, "--model", str(tiny_pretrained), "--train", str(beton), "--output-dir", str(killed),
+        *FLAGS, *extra,
+    )  # fmt: skip
+    kill_after_publish(cmd, killed / "checkpoints" / "step_00000004", tmp_path / "killed.log")
+    state = json.loads((killed / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    assert state["sampler"] == {"epoch": 0, "samples": 32}
+    for name, launcher in (("two", two), ("one", None)):
+        out = tmp_path / name
+        shutil.copytree(killed, out)
+        log = finish(start(tiny_pretrained, beton, out, *extra, "--resume", "auto", launcher=launcher))
+        assert f"resumed from {out / 'checkpoints' / 'step_00000004'} at step 4" in log
+        if launcher is None:
+            assert "→ 1 rank(s) × 4 images × 2 accumulation step(s) = 8 (global batch kept)" in log
+        assert_same_run(reference, out, ema=False)
