@@ -269,6 +269,24 @@ class TrainingConfig(RunConfig):
         check=positive,
         group="run",
     )
+    push_to_hub: str | None = option(
+        None, "upload the final model to this Hub repo (mae-trainer push)", metavar="REPO", group="hub"
+    )
+    hub_token: str | None = option(
+        None, "write token (default: $HF_TOKEN, saved login)", group="hub", recipe=False
+    )
+    hub_private: bool = option(False, "create the repo private", group="hub")
+    hub_revision: str | None = option(None, "branch to commit to", group="hub")
+    hub_endpoint: str | None = option(None, "Hub URL (default: $HF_ENDPOINT or the public Hub)", group="hub")
+    hub_license: str | None = option(
+        None,
+        "model card license (default: pretrain apache-2.0; finetune the pre-trained model's card license, "
+        "else apache-2.0)",
+        group="hub",
+    )
+    dataset_name: str | None = option(
+        None, "Hub dataset id the data came from, for the model card", metavar="DATASET_ID", group="hub"
+    )
 
     def validate(self) -> None:
         if not self.warmup_epochs < self.epochs:
@@ -467,13 +485,6 @@ class PretrainConfig(TrainingConfig):
     eval_linear: bool = option(
         False, "also a linear probe on the same cached features (main process, CPU)", group="evaluation"
     )
-    push_to_hub: str | None = option(None, "upload the final model to this repo", metavar="REPO", group="hub")
-    hub_token: str | None = option(
-        None, "write token (default: $HF_TOKEN, saved login)", group="hub", recipe=False
-    )
-    hub_private: bool = option(False, "create the repo private", group="hub")
-    hub_revision: str | None = option(None, "branch to commit to", group="hub")
-    hub_endpoint: str | None = option(None, "Hub URL (default: $HF_ENDPOINT or the public Hub)", group="hub")
 
     def validate(self) -> None:
         super().validate()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about, deepspeed_launched, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
+from ..provenance import origin_of, write_provenance
 from .checkpoint import read_state, resolve_resume
 from .init_from import check_init_from
 from .lifecycle import StopSignals, claim_output_dir
@@ -292,6 +293,13 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
     if engine.is_main:
         write_resolved_config(resolved, output_dir / RESOLVED_CONFIG)
+        if plan.resume is None:  # a fresh run: where its model comes from, for the model card
+            write_provenance(
+                output_dir,
+                base_model=origin_of(config.init_from),
+                datasets=[config.dataset_name] if config.dataset_name else None,
+                license=config.hub_license,
+            )
     recon_images = None
     if engine.is_main and config.recon_images > 0:
         recon_images = fixed_images(config.recon_data or config.data, config.resolution, config.recon_images)
@@ -388,6 +396,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             private=config.hub_private,
             revision=config.hub_revision,
             endpoint=config.hub_endpoint,
+            license=config.hub_license,  # None: the provenance written at the start, else apache-2.0
         )
         engine.print(f"pushed to {config.push_to_hub}: {url}")
     engine.finish()
