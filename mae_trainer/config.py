@@ -269,6 +269,24 @@ class TrainingConfig(RunConfig):
         check=positive,
         group="run",
     )
+    push_to_hub: str | None = option(
+        None, "upload the final model to this Hub repo (mae-trainer push)", metavar="REPO", group="hub"
+    )
+    hub_token: str | None = option(
+        None, "write token (default: $HF_TOKEN, saved login)", group="hub", recipe=False
+    )
+    hub_private: bool = option(False, "create the repo private", group="hub")
+    hub_revision: str | None = option(None, "branch to commit to", group="hub")
+    hub_endpoint: str | None = option(None, "Hub URL (default: $HF_ENDPOINT or the public Hub)", group="hub")
+    hub_license: str | None = option(
+        None,
+        "model card license (default: pretrain apache-2.0; finetune the pre-trained model's card license, "
+        "else apache-2.0)",
+        group="hub",
+    )
+    dataset_name: str | None = option(
+        None, "Hub dataset id the data came from, for the model card", metavar="DATASET_ID", group="hub"
+    )
 
     save_every: int = option(
         0, "optimizer steps between checkpoints (0: at each epoch end only)", check=at_least(0), group="ckpt"
@@ -310,6 +328,11 @@ class TrainingConfig(RunConfig):
             raise ConfigError(
                 "output_dir", self.output_dir, "already holds a model (pass --overwrite to replace it)"
             )
+
+    @property
+    def dataset_names(self) -> list[str] | None:
+        """``--dataset-name`` as the model card's ``datasets`` list."""
+        return [self.dataset_name] if self.dataset_name else None
 
     def write_recipe(self, path: Path) -> None:
         """Every setting's final value (defaults ← recipe file ← command line) as a recipe file:
@@ -482,13 +505,6 @@ class PretrainConfig(TrainingConfig):
     eval_linear: bool = option(
         False, "also a linear probe on the same cached features (main process, CPU)", group="evaluation"
     )
-    push_to_hub: str | None = option(None, "upload the final model to this repo", metavar="REPO", group="hub")
-    hub_token: str | None = option(
-        None, "write token (default: $HF_TOKEN, saved login)", group="hub", recipe=False
-    )
-    hub_private: bool = option(False, "create the repo private", group="hub")
-    hub_revision: str | None = option(None, "branch to commit to", group="hub")
-    hub_endpoint: str | None = option(None, "Hub URL (default: $HF_ENDPOINT or the public Hub)", group="hub")
 
     def validate(self) -> None:
         super().validate()

@@ -248,3 +248,21 @@ def test_output_dir_that_cannot_hold_the_run(demo_beton, tmp_path):
         )
         assert_one_line_error(finetune, f"--output-dir {output}", words)
     assert blocker.read_text() == "kept"
+
+
+def test_hub_flags_are_shared_by_the_training_commands(demo_beton, tmp_path):
+    """The Hub options live in TrainingConfig: pretrain and finetune both take them, push takes
+    --dataset-name (alias --dataset) and --license."""
+    from mae_trainer.cli import parse, parse_config
+
+    for command, required in [
+        ("pretrain", ["--data", str(demo_beton)]),
+        ("finetune", ["--model", str(tmp_path), "--train", str(tmp_path)]),
+    ]:
+        config = parse_config([command, *required, "--push-to-hub", "a/b", "--hub-license", "mit",
+                               "--dataset-name", "a/data", "--hub-private"])  # fmt: skip
+        assert (config.push_to_hub, config.hub_license, config.dataset_name) == ("a/b", "mit", "a/data")
+        assert config.hub_private and "hub_token" not in {k.replace("-", "_") for k in config.to_recipe()}
+    _, args = parse(["push", "dir", "a/b", "--dataset-name", "a/x", "--dataset", "a/y", "--license", "mit"])
+    assert args.datasets == ["a/x", "a/y"] and args.license == "mit"
+    assert parse(["push", "dir", "a/b"])[1].license is None  # the folder's provenance, else apache-2.0

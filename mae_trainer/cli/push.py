@@ -8,26 +8,36 @@ import os
 from pathlib import Path
 
 from ..errors import InputError, UsageError
-from ..hub import DEFAULT_COMMIT_MESSAGE, DEFAULT_FORMAT, DEFAULT_LICENSE, FORMATS, push_to_hub
+from ..hub import DEFAULT_COMMIT_MESSAGE, DEFAULT_FORMAT, FORMATS, push_to_hub
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mae-trainer push DIR REPO``; also sets ``func=run_push``."""
     parser.add_argument(
-        "model_dir", type=Path, metavar="DIR", help="saved model folder to upload (ours or vit_mae)"
+        "model_dir",
+        type=Path,
+        metavar="DIR",
+        help="saved model folder to upload: a pre-trained MAE (ours or vit_mae) or a fine-tune output",
     )
     parser.add_argument("repo_id", metavar="REPO", help="Hub repo id, namespace/name (created if missing)")
     parser.add_argument("--token", default=None, help="Hub write token (default: $HF_TOKEN, saved login)")
     parser.add_argument("--private", action="store_true", help="create the repo private (new repos only)")
     parser.add_argument("--revision", default=None, help="branch to commit to (created from main if missing)")
-    parser.add_argument("--license", default=DEFAULT_LICENSE, help="model card license (default apache-2.0)")
     parser.add_argument(
+        "--license",
+        default=None,
+        help="model card license (default: the folder's provenance.json, which fine-tuning fills from the "
+        "pre-trained model's card; else apache-2.0)",
+    )
+    parser.add_argument(
+        "--dataset-name",
         "--dataset",
         dest="datasets",
         action="append",
         default=None,
         metavar="NAME",
-        help="Hub dataset id the model was trained on, for the card (repeat for several)",
+        help="Hub dataset id the model was trained on, for the card (repeat for several; added to those in "
+        "the folder's provenance.json)",
     )
     parser.add_argument(
         "--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)"
@@ -37,8 +47,9 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=FORMATS,
         default=DEFAULT_FORMAT,
-        help="vit_mae (default): plain transformers loads the repo; mae_trainer: our own format, which "
-        "needs `import mae_trainer` to load",
+        help="transformers (default; vit_mae is its old name): plain transformers loads the repo (a "
+        "pre-trained MAE as vit_mae, a fine-tuned classifier as BEiT or ViT image classifier); mae_trainer: "
+        "our own format, which needs `import mae_trainer` to load",
     )
     parser.set_defaults(func=run_push)
 

@@ -29,6 +29,8 @@ import numpy as np
 
 from ..config import ConfigError, FinetuneConfig, about, world_size
 from ..data.schedules import check_side, whole_batches
+from ..hub import check_push
+from ..provenance import PROVENANCE, license_of, origin_of, write_provenance
 from ..training.run_state import (
     ResumePoint,
     RunState,
@@ -44,6 +46,7 @@ from .data import BetonSource, open_labelled
 
 EMA_DIR = "ema"
 RESULTS = "results.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +146,7 @@ def check(config: FinetuneConfig, world: int) -> Plan:
     )
     if point is not None:
         run = check_resume(config, point.path, point.state["step"], point.saved, run, lambda e: [batches] * e)
+    check_push(config)  # fail now, not after the fine-tune
     config.check_output(resuming=point is not None)
     return Plan(run, point, source, val_source, train, val, loader, resolution, patch, batches)
 
@@ -300,7 +304,13 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
 
     resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
     if engine.is_main:
-        resolved.write_recipe(config.output_dir / "resolved_config.yaml")
+        resolved.write_recipe(config.output_dir / RESOLVED_CONFIG)
+        if plan.resume is None:  # a fresh run: where its model comes from, for the model card
+            license = config.hub_license or license_of(
+                config.model, endpoint=config.hub_endpoint, token=config.hub_token
+            )  # the pre-trained model card's
+            write_provenance(config.output_dir, base_model=origin_of(config.model),
+                             datasets=config.dataset_names, license=license)  # fmt: skip
     start_epoch, best = 0, {}
     point = plan.resume
     if point is not None:
@@ -368,14 +378,37 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
         best = evaluate_epoch(engine, config, model, ema, held_out, dtype, epoch, best)
         if not engine.done:  # epoch end: the resume point after a crash (its evaluation is done)
             checkpoint()
-    engine.finish()
     results = summary(best)
     if engine.is_main:
-        from ..publish import publish_text
-
-        publish_text(config.output_dir / RESULTS, json.dumps(results, indent=2))
+        publish(config, results, engine.print)
+    engine.finish()
+    if engine.is_main:
         print(json.dumps({"finetune": "best", **results}), flush=True)
     return results
+
+
+def publish(config: FinetuneConfig, results: dict, say) -> None:
+    """Main process, at the end: ``results.json`` beside the weights (and the EMA's, with the run's record
+    files, so that ``OUTPUT/ema`` is a complete folder to push too); with ``--push-to-hub``, the better
+    of the two goes up as a classifier plain transformers loads (``hub.py``)."""
+    import shutil
+
+    from ..hub import push_run
+    from ..publish import publish_text
+
+    out = config.output_dir
+    text = json.dumps(results, indent=2)
+    publish_text(out / RESULTS, text)
+    folders = {"raw": out}
+    if (out / EMA_DIR / "model.safetensors").exists():
+        folders["ema"] = out / EMA_DIR
+        for name in (RESOLVED_CONFIG, PROVENANCE, "metrics.jsonl"):
+            if (out / name).exists():
+                shutil.copyfile(out / name, out / EMA_DIR / name)
+        publish_text(out / EMA_DIR / RESULTS, text)
+    if config.push_to_hub:
+        folder = folders[results.get("weights", "raw")]
+        say(f"pushed {folder} to {config.push_to_hub}: {push_run(config, folder)}")
 
 
 def evaluate_epoch(engine, config, model, ema, held_out, dtype, epoch: int, best: dict) -> dict:

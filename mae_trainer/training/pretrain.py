@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about, world_size
 from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
+from ..hub import check_push, push_run
+from ..provenance import origin_of, write_provenance
 from .init_from import check_init_from
 from .lifecycle import StopSignals
 from .run_state import KEY as RUN_KEY
@@ -143,20 +145,7 @@ def check(config: PretrainConfig, world: int) -> Plan:
     if point is not None:
         run = check_resume(config, point.path, point.state["step"], point.saved, run, batches_for)
     plan = Plan(schedule, batches, run, init_from, point)
-    if config.push_to_hub:
-        from huggingface_hub.errors import HFValidationError
-        from huggingface_hub.utils import validate_repo_id
-
-        from ..hub import check_endpoint, resolve_token
-
-        try:
-            validate_repo_id(config.push_to_hub)
-        except HFValidationError as err:
-            raise ConfigError("push_to_hub", repr(config.push_to_hub), str(err)) from None
-        with about("hub_token"):
-            resolve_token(config.hub_token)  # fail now, not after a day of training
-        with about("hub_endpoint"):
-            check_endpoint(config.hub_endpoint)
+    check_push(config)  # fail now, not after a day of training
     config.check_output()
     return plan
 
@@ -264,6 +253,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
     if engine.is_main:
         resolved.write_recipe(output_dir / RESOLVED_CONFIG)
+        if plan.resume is None:  # a fresh run: where its model comes from, for the model card
+            write_provenance(output_dir, base_model=origin_of(config.init_from),
+                             datasets=config.dataset_names, license=config.hub_license)  # fmt: skip
     recon_images = None
     if engine.is_main and config.recon_images > 0:
         recon_images = fixed_images(config.recon_data or config.data, config.resolution, config.recon_images)
@@ -352,17 +344,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         save_png(picture, output_dir / "reconstruction.png")
         engine.log_image("reconstruction", picture)
     if engine.is_main and config.push_to_hub:
-        from ..hub import push_to_hub
-
-        url = push_to_hub(
-            output_dir,
-            config.push_to_hub,
-            token=config.hub_token,
-            private=config.hub_private,
-            revision=config.hub_revision,
-            endpoint=config.hub_endpoint,
-        )
-        engine.print(f"pushed to {config.push_to_hub}: {url}")
+        engine.print(f"pushed to {config.push_to_hub}: {push_run(config, output_dir)}")
     engine.finish()
     if engine.is_main:
         engine.print(
