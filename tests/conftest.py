@@ -311,3 +311,32 @@ def wandb_offline_env(tmp_path) -> dict[str, str]:
                WANDB_CONFIG_DIR=str(home / "config"), WANDB_CACHE_DIR=str(home / "cache"),
                WANDB_DATA_DIR=str(home / "data"), WANDB_DISABLE_GIT="true", OMP_NUM_THREADS="1")  # fmt: skip
     return env
+
+
+# ----------------------------------------------------------------------------------- the loopback Hub
+
+TOKEN = "hf_loopback_test_token"
+PART = 8 * 2**20  # LFS objects above this go up in parts (the tiny model's weights are ~26 MB: 4 parts)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # loopback only
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # LFS: see the docstring
+    from .hub_server import LoopbackHub
+
+    with LoopbackHub(tokens={TOKEN}, multipart_size=PART) as server:
+        yield server
+    # after stop(): every request was one the server knows
+    assert not server.unhandled, [(r.method, r.path) for r in server.unhandled]
+
+
+@pytest.fixture
+def no_saved_token(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))

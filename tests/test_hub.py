@@ -30,17 +30,16 @@ from mae_trainer.hub import TAGS, check_endpoint, collect_files, push_to_hub
 from mae_trainer.modeling.convert import to_vit_mae
 
 from .conftest import (
+    PART,
+    TOKEN,
     assert_plain_outputs_match,
     plain_transformers_script,
     run_cli,
     run_main,
     save_plain_inputs,
 )
-from .hub_server import LoopbackHub
 from .test_cli import assert_one_line_error
 
-TOKEN = "hf_loopback_test_token"
-PART = 8 * 2**20  # LFS objects above this go up in parts (the tiny model's weights are ~26 MB: 4 parts)
 UPLOADED = {
     "config.json",
     "model.safetensors",
@@ -76,27 +75,6 @@ def model_dir(tmp_path_factory):
     (path / "tensorboard").mkdir()
     (path / "tensorboard" / "events.out.tfevents.1").write_bytes(b"tb")
     return path
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # loopback only
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # LFS: see the docstring
-    with LoopbackHub(tokens={TOKEN}, multipart_size=PART) as server:
-        yield server
-    # after stop(): every request was one the server knows
-    assert not server.unhandled, [(r.method, r.path) for r in server.unhandled]
-
-
-@pytest.fixture
-def no_saved_token(monkeypatch, tmp_path):
-    import huggingface_hub.constants
-
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
 
 
 def _front_matter(readme: str) -> dict:
