@@ -1,10 +1,27 @@
-"""The evaluation loader: every sample once, in file order, centre-cropped (reconstruction grids, probes).
+"""The evaluation loader: every sample once, in file order, centre-cropped (reconstruction grids, probes,
+fine-tune evaluation), and :func:`eval_shard`, one rank's share of an evaluation set.
 
 The training loader is :class:`mae_trainer.data.train_loader.ProgressiveLoader`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+
+
+def eval_shard(num_samples: int, rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s samples of ``num_samples`` shared by ``world`` ranks: a contiguous block, the first
+    ``num_samples % world`` ranks one sample more. Over the ranks every sample appears exactly once (no
+    padding, unlike ``DistributedSampler``, so metrics count each sample once); with more ranks than
+    samples the last ranks get an empty list."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not one of {world} rank(s)")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be ≥ 0, not {num_samples}")
+    per_rank, extra = divmod(num_samples, world)
+    start = rank * per_rank + min(rank, extra)
+    return list(range(start, start + per_rank + (rank < extra)))
 
 
 def eval_loader(
@@ -16,12 +33,19 @@ def eval_loader(
     crop_ratio: float = 1.0,
     indices: list[int] | None = None,
 ):
-    """Sequential order, centre crop (``crop_ratio`` of the short side) resized to ``resolution``."""
+    """Sequential order, centre crop (``crop_ratio`` of the short side) resized to ``resolution``; every
+    sample of ``indices`` (default: the whole file) once, the last batch possibly smaller. Empty
+    ``indices`` (a rank with no share, :func:`eval_shard`) give an empty iterable. FFCV reuses its output
+    buffers: consume or copy each batch before taking the next."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
+    if indices is not None:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size == 0:
+            return []  # FFCV cannot build a loader over no samples
     pipelines = {
         "image": [
             CenterCropRGBImageDecoder((resolution, resolution), ratio=crop_ratio),

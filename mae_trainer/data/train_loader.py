@@ -71,6 +71,9 @@ class ProgressiveLoader:
     ``output_size`` between epochs. ``accumulation``: micro-steps per optimizer step (epochs hold whole
     optimizer steps, :mod:`~mae_trainer.data.sampler`). ``device``: a CUDA device puts the images there
     from the pipeline (pinned host buffers, non-blocking copies); otherwise they stay on the host.
+    ``scale``: RandomResizedCrop's area range (default MAE's ``RRC_SCALE``; fine-tuning uses timm's
+    0.08–1). ``indices``: the file's samples to use (default all); the sampler permutes them, crops stay
+    seeded by the file's sample ids, and positions (``state_dict``) count within the subset.
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class ProgressiveLoader:
         crop_decode: bool = False,
         interpolation: str = "bicubic",
         device: torch.device | str | None = None,
+        scale: tuple[float, float] | None = None,
+        indices=None,
     ):
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader
@@ -97,11 +102,12 @@ class ProgressiveLoader:
         from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
 
         self.schedule = schedule
+        scale = RRC_SCALE if scale is None else tuple(scale)
         self.sampler = ShardedSampler(seed=seed, rank=rank, world_size=world_size, accumulation=accumulation)
         first = schedule.stage(0)
         if decoder is None:
             decoder = SeededRandomResizedCrop(
-                (first.resolution,) * 2, scale=RRC_SCALE, ratio=RRC_RATIO, seed=seed, crop_decode=crop_decode,
+                (first.resolution,) * 2, scale=scale, ratio=RRC_RATIO, seed=seed, crop_decode=crop_decode,
                 interpolation=interpolation,
             )  # fmt: skip
         self.decoder = decoder
@@ -130,6 +136,7 @@ class ProgressiveLoader:
             batches_ahead=batches_ahead,
             drop_last=True,
             pipelines=pipelines,
+            indices=None if indices is None else np.asarray(indices, dtype=np.int64),
         )
         self.set_stage(first)
         self.position = (0, 0)  # (epoch, batches consumed in it)
