@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.batch_augment import augment_seed
 from ..data.sampler import ShardedSampler
 from .data import BetonSource, LabelledImages, eval_transform
 
@@ -41,13 +42,6 @@ class TrainBatch:
     epoch: int
     index: int  # this rank's local batch index in the epoch
     seed: int  # keys this micro-batch's random draws (augmentation, mixup): layout-free
-
-
-def batch_seed(seed: int, epoch: int, micro_batch: int) -> int:
-    """A 63-bit seed for the random draws of one micro-batch (its own salt: not the crops' or masks')."""
-    return int(
-        np.random.SeedSequence([seed, epoch, micro_batch, 0x66696E65]).generate_state(1, np.uint64)[0] >> 1
-    )
 
 
 @contextlib.contextmanager
@@ -126,7 +120,7 @@ class PILTrainData(_Position):
         self.position = (epoch, start)
         for index, (images, labels) in enumerate(loader, start=start):
             self.position = (epoch, index + 1)
-            seed = batch_seed(self.seed, epoch, self.sampler.micro_batch(index))
+            seed = augment_seed(self.seed, epoch, self.sampler.micro_batch(index))
             yield TrainBatch(
                 images.to(self.device, non_blocking=True), labels.to(self.device), epoch, index, seed
             )
@@ -185,7 +179,7 @@ class FFCVTrainData(_Position):
     def epoch(self, epoch: int) -> Iterator[TrainBatch]:
         for batch in self.loader.epoch(epoch):
             self.position = self.loader.position
-            seed = batch_seed(self.seed, epoch, batch.micro_batch)
+            seed = augment_seed(self.seed, epoch, batch.micro_batch)
             images = self.augment(batch.images.to(self.device, non_blocking=True), seed)
             yield TrainBatch(images, batch.labels.to(self.device), epoch, batch.index, seed)
 
