@@ -11,19 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from mae_trainer import MAEConfig, MAEForImageClassification, MAEForPreTraining
+from mae_trainer import MAEForImageClassification, MAEForPreTraining
 
 from .conftest import BIN, ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A tiny MAE save (random weights: what matters here is that they arrive unchanged)."""
-    torch.manual_seed(0)
-    model = MAEForPreTraining(MAEConfig.from_preset("tiny", image_size=32, num_hidden_layers=4))
-    path = tmp_path_factory.mktemp("pre") / "model"
-    model.save_pretrained(path)
-    return path, model
+def pretrained(tiny_pretrained):
+    """The tiny pre-training save (conftest) and its model."""
+    return tiny_pretrained, MAEForPreTraining.from_pretrained(tiny_pretrained)
 
 
 def test_from_pretrained_loads_the_encoder_and_drops_the_decoder(pretrained):
@@ -181,6 +177,21 @@ def test_finetune_errors_name_the_flag(pretrained, tmp_path, jpeg_folder):
     missing = run_cli("finetune", "--model", str(path), "--train", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "--train" in missing.stderr and "no such file" in missing.stderr
     assert not (tmp_path / "x").exists()
+    ffcv = run_cli(*base, "--model", str(path), "--loader", "ffcv")
+    assert ffcv.returncode == 2 and "--loader ffcv: needs a .beton --train" in ffcv.stderr
+
+    # the output folder of a running fine-tune (or pre-training) is locked: one shared piece (lifecycle.py)
+    from mae_trainer.training.lifecycle import lock_output_dir, release_output_locks
+
+    busy = tmp_path / "busy"
+    lock_output_dir(busy)
+    try:
+        refused = run_cli(
+            "finetune", "--model", str(path), "--train", str(jpeg_folder), "--output-dir", str(busy)
+        )
+    finally:
+        release_output_locks()
+    assert refused.returncode == 2 and "another run is writing into this folder" in refused.stderr
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Fine-tuning survives what pre-training survives, through the same pieces (run_state, lifecycle,
 checkpoint): SIGTERM checkpoints at a step boundary and resumes bit-identically (one process with
 accumulation, EMA on, FFCV and PIL decode paths), two DeepSpeed ranks killed after a mid-epoch checkpoint
-resume bit-identically on two ranks and exactly on one plain process (fp32: every random draw is keyed by
-sample or micro-batch, so nothing depends on the layout)."""
+resume bit-identically on two ranks and on one plain process (fp32: every random draw is keyed by sample or
+micro-batch, so nothing depends on the layout; only the logged loss, a mean summed in another order, moves
+in its last bits)."""
 
 from __future__ import annotations
 
@@ -49,16 +50,19 @@ def records(out, key: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if key in r]
 
 
-def assert_same_run(a, b, ema: bool) -> None:
+def assert_same_run(a, b, ema: bool, loss_tolerance: float = 0.0) -> None:
     """The two output folders hold the same run: best weights (and EMA), every held-out evaluation, every
-    logged training loss, the same results."""
+    logged training loss (the mean over a step's micro-batches, summed in another order on another
+    layout: ``loss_tolerance``), the same results."""
     assert weight_gap(a, b) == 0
     if ema:
         assert weight_gap(a / "ema", b / "ema") == 0
     assert records(a, "val/acc1") == records(b, "val/acc1")
     assert records(a, "val_ema/acc1") == records(b, "val_ema/acc1")
-    losses = [{k: r[k] for k in ("step", "train/loss")} for r in records(a, "train/loss")]
-    assert losses == [{k: r[k] for k in ("step", "train/loss")} for r in records(b, "train/loss")]
+    losses = [
+        (r["step"], pytest.approx(r["train/loss"], abs=loss_tolerance)) for r in records(a, "train/loss")
+    ]
+    assert losses == [(r["step"], r["train/loss"]) for r in records(b, "train/loss")]
     assert json.loads((a / "results.json").read_text()) == json.loads((b / "results.json").read_text())
 
 
@@ -89,7 +93,8 @@ def test_sigterm_then_resume_is_bitwise(tiny_pretrained, beton, tmp_path, loader
 def test_two_ranks_killed_mid_epoch_resume_on_two_and_on_one(tiny_pretrained, beton, tmp_path):
     """DeepSpeed ZeRO-1 (fp32) on 2 ranks, killed right after the step-4 checkpoint (mid-epoch 0):
     resumed on 2 ranks it is the uninterrupted run bit for bit; resumed in one plain process
-    (accumulation 2, torch's AdamW from DeepSpeed's universal checkpoint) it is too."""
+    (accumulation 2, torch's AdamW from DeepSpeed's universal checkpoint) its weights and evaluations are
+    too (measured: the logged loss differs by ≤ 1.2e-7, the order of a mean)."""
     two = ("cpu_2proc.yaml", *FP32_ZERO1)
     extra = ("--epochs", "2", "--save-every", "4")
     reference = tmp_path / "reference"
@@ -109,4 +114,5 @@ def test_two_ranks_killed_mid_epoch_resume_on_two_and_on_one(tiny_pretrained, be
         assert f"resumed from {out / 'checkpoints' / 'step_00000004'} at step 4" in log
         if launcher is None:
             assert "→ 1 rank(s) × 4 images × 2 accumulation step(s) = 8 (global batch kept)" in log
-        assert_same_run(reference, out, ema=False)
+        assert_same_run(reference, out, ema=False, loss_tolerance=1e-6 if launcher is None else 0.0)
+    assert json.loads((reference / "results.json").read_text())["val_images"] == 24  # each image once

@@ -165,26 +165,13 @@ class ProgressiveLoader:
             yield Batch(images, labels, stage, epoch, index, micro, noise_seed(seed, epoch, micro))
         self.sampler.resume_at(-1, 0)
 
-    def images_per_round(self, epoch: int) -> int:
-        """Images one local batch of ``epoch`` on every rank takes together."""
-        return self.schedule.stage(epoch).batch_size * self.sampler.world_size
-
     def state_dict(self) -> dict:
-        """The position, layout-free: the epoch and the samples of it consumed by all ranks together (a
-        finished epoch is the start of the next)."""
+        """The position, layout-free (``ShardedSampler.state``): the epoch and the samples of it consumed by
+        all ranks together."""
         epoch, batch = self.position
-        if batch == self.batches_in_epoch(epoch):
-            epoch, batch = epoch + 1, 0
-        return {"epoch": epoch, "samples": batch * self.images_per_round(epoch)}
+        return self.sampler.state(epoch, batch, self.schedule.stage(epoch).batch_size)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue at ``state``'s position, saved by this or any other layout of the same global batch."""
-        epoch, samples = state["epoch"], state["samples"]
-        per_round = self.images_per_round(epoch)
-        if samples % per_round:
-            raise ValueError(
-                f"cannot resume at sample {samples} of epoch {epoch} with {self.sampler.world_size} rank(s) "
-                f"× {per_round // self.sampler.world_size} images: not a whole number of micro-batches"
-            )
-        self.sampler.resume_at(epoch, samples // per_round)
-        self.position = (epoch, samples // per_round)
+        epoch = state["epoch"]
+        self.position = (epoch, self.sampler.load_state(state, self.schedule.stage(epoch).batch_size))

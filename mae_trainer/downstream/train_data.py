@@ -79,24 +79,7 @@ def mix(mixup, images: torch.Tensor, labels: torch.Tensor, seed: int):
         return mixup(images, labels)
 
 
-class _Position:
-    """The layout-free position both training-data kinds save and load (``ShardedSampler.state``)."""
-
-    sampler: ShardedSampler
-    batch_size: int
-    position: tuple[int, int] = (0, 0)
-
-    def batches(self) -> int:
-        return self.sampler.batches(self.batch_size)
-
-    def state_dict(self) -> dict:
-        return self.sampler.state(*self.position, self.batch_size)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = (state["epoch"], self.sampler.load_state(state, self.batch_size))
-
-
-class PILTrainData(_Position):
+class PILTrainData:
     """``source``'s training samples ``positions`` (positions in its order) as PIL images through
     ``transform`` in ``num_workers`` ``DataLoader`` processes."""
 
@@ -105,6 +88,7 @@ class PILTrainData(_Position):
         self.sampler = ShardedSampler(seed=seed, accumulation=accumulation).bind(np.arange(len(positions)))
         self.batch_size, self.seed = batch_size, seed
         self.num_workers, self.device = num_workers, torch.device(device)
+        self.position = (0, 0)  # (epoch, local batches consumed in it)
 
     def epoch(self, epoch: int) -> Iterator[TrainBatch]:
         start = self.sampler.start_batch(epoch)
@@ -126,6 +110,13 @@ class PILTrainData(_Position):
             )
         self.sampler.resume_at(-1, 0)
 
+    def state_dict(self) -> dict:
+        """The position, layout-free (``ShardedSampler.state``)."""
+        return self.sampler.state(*self.position, self.batch_size)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = (state["epoch"], self.sampler.load_state(state, self.batch_size))
+
 
 class SeededImages(LabelledImages):
     """``LabelledImages`` indexed by ``(epoch, position)``: the transform's draws keyed by (seed, epoch,
@@ -141,7 +132,7 @@ class SeededImages(LabelledImages):
             return super().__getitem__(index)
 
 
-class FFCVTrainData(_Position):
+class FFCVTrainData:
     """The ``.beton`` samples ``items`` through pre-training's loader (crop decode, keyed crops and flips,
     timm's RandomResizedCrop scale), then :class:`~mae_trainer.data.batch_augment.BatchAugment` on the
     device."""
@@ -172,20 +163,20 @@ class FFCVTrainData(_Position):
             indices=list(items),
             device=device,
         )
-        self.sampler = self.loader.sampler
-        self.augment, self.batch_size, self.seed = augment, batch_size, seed
+        self.augment, self.seed = augment, seed
         self.device = torch.device(device)
 
     def epoch(self, epoch: int) -> Iterator[TrainBatch]:
         for batch in self.loader.epoch(epoch):
-            self.position = self.loader.position
             seed = augment_seed(self.seed, epoch, batch.micro_batch)
             images = self.augment(batch.images.to(self.device, non_blocking=True), seed)
             yield TrainBatch(images, batch.labels.to(self.device), epoch, batch.index, seed)
 
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state)
-        self.position = self.loader.position
 
 
 def eval_batches(source, positions, *, resolution, mean, std, batch_size, num_workers, rank, world, device):
