@@ -97,7 +97,7 @@ def main() -> None:
     def baseline_epoch(_epoch: int) -> int:
         count = 0
         for images, labels in baseline_loader:
-            images, targets = mix(images, labels)
+            images, _targets = mix(images, labels)
             count += images.shape[0]
         return count
 
@@ -113,7 +113,7 @@ def main() -> None:
         count = 0
         for batch in loader.epoch(epoch):
             images = augment(batch.images, augment_seed(0, epoch, batch.micro_batch))
-            images, targets = mix(images, batch.labels.long())
+            images, _targets = mix(images, batch.labels.long())
             count += images.shape[0]
         return count
 
