@@ -14,7 +14,7 @@ One warm-up epoch each (FFCV compiles its pipeline with numba then), then ``--ro
 ``--epochs`` timed epochs, alternating the paths; the best round of each counts. Prints one JSON line with
 both rates and ``ratio`` = ours ÷ baseline.
 
-    .venv/bin/python benchmarks/finetune_data.py [--workers 2] [--epochs 2] [--rounds 3] [--torch-threads 1]
+    .venv/bin/python benchmarks/finetune_data.py [--workers 2] [--epochs 2] [--rounds 3] [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -75,13 +75,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best of each path)")
     parser.add_argument("--per-photo", type=int, default=40, help="images per source photo (16 photos)")
-    parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of the main process")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="intra-op threads of the main process (0: torch's default)",
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mae_trainer_bench")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     folder = photo_folder(args.work, per_photo=args.per_photo, min_side=384, max_side=512, max_resolution=512)
     path = beton(folder, "jpg", max_resolution=512)
-    torch.set_num_threads(args.torch_threads)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     source = open_labelled(folder)
     classes = len(source.classes)
 
@@ -97,7 +103,7 @@ def main() -> None:
     def baseline_epoch(_epoch: int) -> int:
         count = 0
         for images, labels in baseline_loader:
-            images, targets = mix(images, labels)
+            images, _targets = mix(images, labels)
             count += images.shape[0]
         return count
 
@@ -113,7 +119,7 @@ def main() -> None:
         count = 0
         for batch in loader.epoch(epoch):
             images = augment(batch.images, augment_seed(0, epoch, batch.micro_batch))
-            images, targets = mix(images, batch.labels.long())
+            images, _targets = mix(images, batch.labels.long())
             count += images.shape[0]
         return count
 
@@ -139,7 +145,7 @@ def main() -> None:
                 "resolution": RESOLUTION,
                 "images": len(source),
                 "workers": args.workers,
-                "torch_threads": args.torch_threads,
+                "torch_threads": torch.get_num_threads(),
                 "batch": args.batch,
                 "ours": "ProgressiveLoader (crop decode, bicubic, scale 0.08-1) + BatchAugment randaug (CPU) "
                 "+ Mixup",

@@ -46,6 +46,10 @@ RA_OPS = (
     "TranslateXRel",
     "TranslateYRel",
 )
+# Resampling of the geometric ops: timm's is PIL's bicubic; bilinear (the best torchvision's tensor affine
+# offers) costs a quarter of grid_sample's bicubic on a CPU and differs from it by less than a gray level
+# on average (benchmarks/finetune_data.py measures the CPU path).
+WARP_MODE = "bilinear"
 JITTER = 0.3  # DeiT III's colour jitter (brightness, contrast, saturation)
 BLUR_SIGMA = (0.1, 2.0)  # ThreeAugment's Gaussian blur
 # timm's RandomErasing defaults: one rectangle of 2–33 % of the area, aspect 0.3–3.3, 10 attempts.
@@ -67,11 +71,13 @@ class BatchAugment:
 
     ``"randaug"`` follows timm's ``rand-m9-mstd0.5-inc1`` (its op set, magnitudes, level-to-argument
     rules, 2 ops drawn with replacement, each applied with probability 0.5, fill = ``mean`` as timm's
-    ``create_transform`` sets it, bicubic resampling for the geometric ops). Differences from timm's PIL
-    policy: the geometric ops (rotate, shear, translate) resample with ``grid_sample`` (bicubic in float,
-    then rounded) rather than PIL's affine transform, so edge pixels differ slightly; Color and Contrast use
-    torchvision's grayscale weights and an unrounded mean; pixel values are rounded to uint8 between ops
-    as PIL does. Same-op groups share nothing but the op: every parameter is per image.
+    ``create_transform`` sets it, PIL's pixel maps for rotate/shear/translate, shear about the top-left
+    corner as PIL does). Differences from timm's PIL policy: the geometric ops resample bilinearly with
+    ``grid_sample`` (:data:`WARP_MODE`; timm's is PIL's bicubic) — about a gray level apart on average,
+    the geometry itself matches PIL's (tests/test_finetune_data.py); Color and Contrast use torchvision's
+    grayscale weights and an unrounded mean (within a gray level); posterizing to 0 bits gives a black
+    image (timm then calls Pillow with 0 bits, which Pillow ≥ 13 rejects). Pixel values are rounded to
+    uint8 between ops as PIL does. Same-op groups share nothing but the op: every parameter is per image.
 
     ``"three"`` is DeiT III's ThreeAugment (grayscale, solarize at 128, or Gaussian blur with sigma
     U(0.1, 2.0), one chosen per image; the blur kernel is cut at 3 sigma of the largest sigma, reflect
@@ -132,9 +138,8 @@ class BatchAugment:
                 chosen = torch.nonzero(applied & (op == k)).flatten()
                 if not len(chosen):
                     continue
-                index = chosen.to(x.device)
-                group = x.index_select(0, index)
-                x.index_copy_(0, index, self._ra_op(name, group, level[chosen], sign[chosen]))
+                rows = chosen.tolist()
+                _put(x, rows, self._ra_op(name, _take(x, rows), level[chosen], sign[chosen]))
         return x
 
     def _ra_op(self, name: str, x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -151,8 +156,8 @@ class BatchAugment:
             bits = 4 - (frac * 4).floor().long()
             out = x.clone()
             for b in bits.unique().tolist():
-                rows = torch.nonzero(bits == b).flatten().to(x.device)
-                out.index_copy_(0, rows, F.posterize(x.index_select(0, rows), int(b)))
+                rows = torch.nonzero(bits == b).flatten().tolist()
+                _put(out, rows, F.posterize(_take(x, rows), int(b)))
             return out
         if name == "SolarizeIncreasing":  # invert pixels ≥ 256 - int(256·frac)
             thresh = 256 - (frac * 256).floor().clamp(max=256)
@@ -208,9 +213,7 @@ class BatchAugment:
         u, v = centres.view(1, 1, side), centres.view(1, side, 1)
         t = theta.view(-1, 6, 1, 1)
         grid = torch.stack([t[:, 0] * u + t[:, 1] * v + t[:, 2], t[:, 3] * u + t[:, 4] * v + t[:, 5]], dim=-1)
-        moved = nnf.grid_sample(
-            x.float() - fill, grid, mode="bicubic", padding_mode="zeros", align_corners=False
-        )
+        moved = nnf.grid_sample(x - fill, grid, mode=WARP_MODE, padding_mode="zeros", align_corners=False)
         return (moved + fill).round_().clamp_(0, 255).to(torch.uint8)
 
     # ThreeAugment + colour jitter --------------------------------------------------------------------
@@ -226,23 +229,23 @@ class BatchAugment:
             chosen = torch.nonzero(choice == k).flatten()
             if not len(chosen):
                 continue
-            index = chosen.to(x.device)
-            group = x.index_select(0, index)
+            rows = chosen.tolist()
+            group = _take(x, rows)
             if k == 0:
                 group = F.rgb_to_grayscale(group, num_output_channels=3)
             elif k == 1:
                 group = F.solarize(group, 128)
             else:
                 group = _gaussian_blur(group, sigma[chosen])
-            out.index_copy_(0, index, group)
+            _put(out, rows, group)
         for step in range(3):
             for k, kind in enumerate(("Brightness", "Contrast", "Color")):
                 chosen = torch.nonzero(order[:, step] == k).flatten()
                 if not len(chosen):
                     continue
-                index = chosen.to(x.device)
-                group = out.index_select(0, index)
-                out.index_copy_(0, index, _enhance(group, kind, _per_image(jitter[chosen, k], group)))
+                rows = chosen.tolist()
+                group = _take(out, rows)
+                _put(out, rows, _enhance(group, kind, _per_image(jitter[chosen, k], group)))
         return out
 
     # Random erasing ----------------------------------------------------------------------------------
@@ -268,6 +271,18 @@ class BatchAugment:
                 (x.shape[1], rows, cols), generator=noise, device=x.device, dtype=x.dtype
             )  # timm's loop: a quarter of the batch at reprob 0.25
         return x
+
+
+def _take(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Images ``rows`` of ``x``, copied one by one (a memcpy each: ``index_select`` on uint8 CPU tensors
+    goes element by element, several times slower)."""
+    return torch.stack([x[i] for i in rows])
+
+
+def _put(x: torch.Tensor, rows: list[int], values: torch.Tensor) -> None:
+    """``x[rows] = values``, one image copy each (see :func:`_take`)."""
+    for value, i in zip(values, rows):
+        x[i].copy_(value)
 
 
 def _per_image(values: torch.Tensor, like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
