@@ -196,8 +196,9 @@ def test_finetune_errors_name_the_flag(pretrained, tmp_path, jpeg_folder):
 
 @pytest.mark.slow
 def test_finetune_two_ranks_deepspeed_on_an_hf_dataset(pretrained, tmp_path, jpeg_folder):
-    """Two ranks under ZeRO-1 BF16, data from a `datasets` save_to_disk folder; held-out metrics are
-    gathered over both ranks, and the best model is saved as consolidated fp32 weights."""
+    """Two ranks under ZeRO-1 BF16, data from a `datasets` save_to_disk folder, an fp32 EMA of the BF16
+    weights; held-out metrics are reduced over both ranks, and the best model is saved as consolidated fp32
+    weights."""
     import datasets
 
     path, _ = pretrained
@@ -229,6 +230,8 @@ def test_finetune_two_ranks_deepspeed_on_an_hf_dataset(pretrained, tmp_path, jpe
             "0",
             "--log-every",
             "1",
+            "--ema-decay",
+            "0.9",
             "--output-dir",
             str(out),
         ],
@@ -241,7 +244,9 @@ def test_finetune_two_ranks_deepspeed_on_an_hf_dataset(pretrained, tmp_path, jpe
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
     best = json.loads((out / "results.json").read_text())
-    assert best["val_images"] == 4  # both ranks' halves, padding dropped by gather_for_metrics
+    assert best["val_images"] == 4 and best["ema"]["val_images"] == 4  # each rank its half, reduced
+    ema = MAEForImageClassification.from_pretrained(out / "ema")  # fp32 EMA of the BF16 weights
+    assert next(ema.parameters()).dtype == torch.float32
     tuned = MAEForImageClassification.from_pretrained(out)
     assert next(tuned.parameters()).dtype == torch.float32
     start = MAEForImageClassification.from_pretrained(path, num_labels=2)

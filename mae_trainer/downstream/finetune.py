@@ -243,7 +243,6 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
         cosine=plan.run.cosine,
     )
     stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
-    set_seed(config.seed, device_specific=True)  # stochastic depth differs per rank
     ema = None
     if config.ema_decay > 0:
         from timm.utils import ModelEmaV3
