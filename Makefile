@@ -1,5 +1,5 @@
 # The two commands a user types on a fresh machine: `make demo` and `make test`.
-# Each installs what is missing first (apt packages, .venv, the package), then runs. Idempotent: a second
+# Each installs what is missing first (system libraries, .venv, the package), then runs. Idempotent: a second
 # run installs nothing (the venv stamp is newer than pyproject.toml and constraints.txt).
 
 SHELL := /bin/bash
@@ -8,7 +8,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
-APT_PACKAGES := pkg-config libturbojpeg0-dev libjpeg62-turbo-dev libopencv-dev
+# pkg-config modules the native builds ask for: FFCV 1.0.2's setup.py wants opencv4 (else opencv) and
+# libturbojpeg; our crop decoder (setup.py) links libjpeg. "a,b": either module will do.
+PC_MODULES := libturbojpeg libjpeg opencv4,opencv
+# Package names valid on Debian and on Ubuntu LTS (libjpeg-dev pulls the distribution's libjpeg-turbo).
+APT_PACKAGES := pkg-config libturbojpeg0-dev libjpeg-dev libopencv-dev
+CONDA_PACKAGES := libjpeg-turbo opencv pkg-config
 DEMO_DIR ?= runs/demo
 DEMO_EPOCHS ?= 40
 PYTEST_ARGS ?=
@@ -17,17 +22,33 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-# FFCV compiles against libturbojpeg and OpenCV; install them with apt when missing.
+# Sets $missing to the PC_MODULES pkg-config does not find (all of them when pkg-config itself is missing).
+# Whatever pkg-config sees counts, so conda/spack/module libraries on PKG_CONFIG_PATH pass without root.
+PC_CHECK = missing=; for m in $(PC_MODULES); do found=; \
+	  for alt in $${m//,/ }; do pkg-config --exists $$alt 2>/dev/null && { found=1; break; }; done; \
+	  [ -n "$$found" ] || missing="$$missing $${m//,/ or }"; done
+
+# FFCV and our crop decoder compile against libjpeg-turbo and OpenCV: check them with pkg-config; when
+# missing, install them with apt as root, otherwise stop and print both routes (sudo apt-get, conda).
 system-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ]; then \
-	    echo "error: missing system packages:$$missing"; \
-	    echo "run: sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
-	  fi; \
-	  echo "installing system packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
-	fi
+	@$(PC_CHECK); \
+	[ -z "$$missing" ] && exit 0; \
+	command -v pkg-config >/dev/null || echo "pkg-config is not installed: every library counts as missing"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "pkg-config did not find:$$missing; installing $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) || exit 1; \
+	  $(PC_CHECK); [ -z "$$missing" ] && exit 0; \
+	  echo "error: still not found by pkg-config after apt-get install:$$missing"; exit 1; \
+	fi; \
+	echo "error: pkg-config did not find:$$missing (FFCV and the crop decoder compile against them)"; \
+	echo "install them with one of:"; \
+	echo "  root, Debian/Ubuntu: sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; \
+	echo "  no root, conda:      conda install -c conda-forge $(CONDA_PACKAGES)"; \
+	echo '                       export PKG_CONFIG_PATH=$$CONDA_PREFIX/lib/pkgconfig LD_LIBRARY_PATH=$$CONDA_PREFIX/lib:$$LD_LIBRARY_PATH'; \
+	echo "  spack/env modules:   load libjpeg-turbo and opencv, with their lib/pkgconfig on PKG_CONFIG_PATH"; \
+	command -v apt-get >/dev/null || echo "(no apt-get here: not Debian/Ubuntu, so use conda/spack/modules or your own package manager)"; \
+	[ "$$(id -u)" = 0 ] || echo "(not root: make installs no system packages itself)"; \
+	echo "then run make again"; exit 1
 
 $(STAMP): pyproject.toml $(wildcard setup.py) constraints.txt $(wildcard mae_trainer/data/crop_decode/*.c) | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -29,7 +29,7 @@ def _library_path() -> str:
     if spec is None or spec.origin is None:
         raise ImportError(
             "mae_trainer.data.crop_decode._cropjpeg is not built: reinstall the package "
-            "(pip install -e .), which compiles it against libjpeg (apt: libjpeg62-turbo-dev)"
+            "(pip install -e .), which compiles it against libjpeg (apt: libjpeg-dev; conda-forge: libjpeg-turbo)"
         )
     return spec.origin
 
