@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 
 
 def _pkg_config_dirs(module: str) -> tuple[list[str], list[str]]:
-    """(include dirs, library dirs) pkg-config gives for ``module``; empty when pkg-config or it is missing."""
+    """(include dirs, library dirs) pkg-config gives for ``module``; empty when either is missing."""
     try:
         flags = subprocess.run(
             ["pkg-config", "--cflags", "--libs", module], capture_output=True, text=True, check=True
