@@ -28,8 +28,8 @@ def _library_path() -> str:
     spec = importlib.util.find_spec(f"{__package__}._cropjpeg")
     if spec is None or spec.origin is None:
         raise ImportError(
-            "mae_trainer.data.crop_decode._cropjpeg is not built: reinstall the package "
-            "(pip install -e .), which compiles it against libjpeg (apt: libjpeg-dev; conda-forge: libjpeg-turbo)"
+            "mae_trainer.data.crop_decode._cropjpeg is not built: reinstall the package (pip install -e .), "
+            "which compiles it against libjpeg (apt: libjpeg-dev; conda-forge: libjpeg-turbo)"
         )
     return spec.origin
 
