@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from PIL import Image
 from mae_trainer.data.write import expand_braces
 from mae_trainer.downstream.data import open_labelled
 
-from .conftest import TOKEN, run_main
+from .conftest import ROOT, TOKEN, run_main
 
 
 def jpegs(folder: Path) -> list[tuple[bytes, int, str]]:
@@ -175,3 +178,67 @@ def test_bad_sources_are_one_line_before_any_output(args, start, jpeg_folder, tm
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and start.format(tmp=tmp_path) in message, message
     assert not list(tmp_path.glob("*.beton*")) and not list(tmp_path.glob(".*"))
+
+
+def stream_env(hub, home: Path) -> dict[str, str]:
+    """A write-dataset process that streams from the loopback Hub, with its own empty HF_HOME."""
+    return {
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run_module(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mae_trainer", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
+
+
+def test_hub_dataset_streamed(jpeg_folder, tmp_path, hub):
+    """Parquet shards uploaded with the real HfApi to a dataset repo, streamed back by load_dataset."""
+    import datasets
+    from huggingface_hub import HfApi
+
+    samples = jpegs(jpeg_folder)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "cup"])}
+    )
+    data = tmp_path / "repo" / "data"
+    data.mkdir(parents=True)
+    for shard, part in enumerate((samples[:7], samples[7:])):
+        table = {
+            "image": [{"bytes": b, "path": None} for b, _, _ in part],
+            "label": [lab for _, lab, _ in part],
+        }
+        datasets.Dataset.from_dict(table, features=features).to_parquet(
+            str(data / f"train-{shard:05d}-of-00002.parquet")
+        )
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("alice/pets", repo_type="dataset")
+    api.upload_folder(folder_path=str(tmp_path / "repo"), repo_id="alice/pets", repo_type="dataset")
+    env = stream_env(hub, tmp_path / "hf_home")
+    out = tmp_path / "hub.beton"
+    result = run_module(
+        "write-dataset", "--source", "alice/pets", "--num-workers", "1", "--output", str(out), env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_beton(out, [lab for _, lab, _ in samples], ["cat", "cup"], sizes_of(samples))
+    assert not list((tmp_path / "hf_home").rglob("*.arrow"))  # streamed: no Arrow copy
+    # a dataset that does not exist: one line naming it, nothing written
+    missing = tmp_path / "missing.beton"
+    result = run_module("write-dataset", "--source", "alice/nope", "--output", str(missing), env=env)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "mae-trainer: error: --source alice/nope: no such dataset"
+    ), result.stderr[-3000:]
+    assert not missing.exists()

@@ -572,7 +572,7 @@ def webdataset_source(spec: str, image_column: str, label_column: str | None) ->
     Why ``datasets`` and not the ``webdataset`` package: that package is not installed here (it would be a
     new dependency), while ``datasets`` already is and its builder reads the same shards (members grouped by
     key, ``.cls`` decoded to an integer, ``.json`` to a dict) without converting them to Arrow. The image
-    member is ``--image-column`` when the shards have it, else the first of jpg/jpeg/png/webp present; the
+    member is ``--image-column``; by default (``image``, not a member) the first of jpg/jpeg/png/webp; the
     label is ``--label-column`` when it is a member (default ``label``, else ``cls``), or a key of the
     ``.json`` member (``--label-column label`` reads ``json["label"]``)."""
     import datasets
@@ -585,7 +585,7 @@ def webdataset_source(spec: str, image_column: str, label_column: str | None) ->
             f"{spec}: cannot read as WebDataset shards ({type(err).__name__}: {err})", "source"
         ) from None
     members = list(stream.features or {})
-    if image_column not in members:
+    if image_column == "image" and image_column not in members:  # the default: by extension
         image_column = next((m for m in WEBDATASET_IMAGES if m in members), image_column)
     label_key = None
     if label_column is not None and label_column not in members:
