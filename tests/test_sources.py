@@ -194,13 +194,13 @@ def stream_env(hub, home: Path) -> dict[str, str]:
     }
 
 
-def run_module(*args: str, env: dict) -> subprocess.CompletedProcess:
+def run_module(*args: str, env: dict, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mae_trainer", *args],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )
 
@@ -228,10 +228,13 @@ def test_hub_dataset_streamed(jpeg_folder, tmp_path, hub):
     api.create_repo("alice/pets", repo_type="dataset")
     api.upload_folder(folder_path=str(tmp_path / "repo"), repo_id="alice/pets", repo_type="dataset")
     env = stream_env(hub, tmp_path / "hf_home")
+    # --source-type hub: the Hub even where a local folder has the name (datasets alone would read that)
+    local = tmp_path / "cwd" / "alice" / "pets" / "dog"
+    local.mkdir(parents=True)
+    (local / "a.jpg").write_bytes(samples[0][0])
     out = tmp_path / "hub.beton"
-    result = run_module(
-        "write-dataset", "--source", "alice/pets", "--num-workers", "1", "--output", str(out), env=env
-    )
+    args = ("--source", "alice/pets", "--source-type", "hub", "--num-workers", "1", "--output", str(out))
+    result = run_module("write-dataset", *args, env=env, cwd=tmp_path / "cwd")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_beton(out, [lab for _, lab, _ in samples], ["cat", "cup"], sizes_of(samples))
     assert not list((tmp_path / "hf_home").rglob("*.arrow"))  # streamed: no Arrow copy
@@ -239,6 +242,7 @@ def test_hub_dataset_streamed(jpeg_folder, tmp_path, hub):
     missing = tmp_path / "missing.beton"
     result = run_module("write-dataset", "--source", "alice/nope", "--output", str(missing), env=env)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
-        "mae-trainer: error: --source alice/nope: no such dataset"
+        "mae-trainer: error: --source alice/nope: no such dataset on the Hub"
     ), result.stderr[-3000:]
+    assert "no local file or folder of that name either" in result.stderr
     assert not missing.exists()

@@ -611,14 +611,18 @@ def hub_source(
     import datasets
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    repo_id = repo_id.removeprefix("hf://datasets/")
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
     try:
+        # hf://datasets/: the Hub even where a local folder has the same name (datasets would read that)
         stream = datasets.load_dataset(
-            repo_id, name=config_name, split=split, revision=revision, streaming=True
+            f"hf://datasets/{repo_id}", name=config_name, split=split, revision=revision, streaming=True
         )
     except (datasets.exceptions.DatasetNotFoundError, RepositoryNotFoundError):
         raise InputError(
-            f"{repo_id}: no such dataset on the Hub ({_endpoint()}), or no access with this token", "source"
+            f"{repo_id}: no such dataset on the Hub ({_endpoint()}), or no access with this token"
+            + ("" if Path(repo_id).exists() else "; no local file or folder of that name either"),
+            "source",
         ) from None
     except RevisionNotFoundError:
         raise InputError(f"{revision}: no such revision of {repo_id}", "revision") from None
@@ -665,7 +669,8 @@ def resolve_source(
     """``--source`` with ``--source-type``. ``auto`` picks, in order: ``embedded``; a ``save_to_disk`` folder
     (it holds ``dataset_info.json`` or ``dataset_dict.json``); an existing folder (ImageFolder tree); a file
     or pattern (glob, or brace range ``{0000..0099}``) ending in ``.parquet``, ``.arrow`` or ``.tar``
-    (``parquet``, ``arrow``, ``webdataset``); a ``USER/NAME`` that is no local path (``hub``). ``hub`` forces
+    (``parquet``, ``arrow``, ``webdataset``); a ``USER/NAME`` that is no local path, or
+    ``hf://datasets/USER/NAME`` (``hub``). ``hub`` forces
     the Hub where a local folder has the same name. ``revision`` and ``config_name`` apply to ``hub``."""
     path = Path(spec)
     if kind == "auto":
@@ -678,7 +683,7 @@ def resolve_source(
             kind = "folder"
         elif suffix in FILE_KINDS:
             kind = FILE_KINDS[suffix]
-        elif not path.exists() and _HUB_ID.match(spec):
+        elif spec.startswith("hf://datasets/") or (not path.exists() and _HUB_ID.match(spec)):
             kind = "hub"
         else:
             kind = "folder"
