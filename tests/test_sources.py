@@ -140,6 +140,16 @@ def test_webdataset_shards_by_brace_range_and_glob(jpeg_folder, tmp_path, capsys
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(out.with_name(out.name + ".json").read_text())["count"] == 5
+    # --fraction on a stream of unknown length: a seeded coin per item, the same items on every run
+    kept = []
+    for run in range(2):
+        out = tmp_path / f"fraction{run}.beton"
+        result = write(
+            capsys, "--source", str(shards / "shard-*.tar"), "--fraction", "0.5", "--output", str(out)
+        )
+        assert result.returncode == 0, result.stderr
+        kept.append(list(open_labelled(out).labels))
+    assert kept[0] == kept[1] and 0 < len(kept[0]) < len(samples)
 
 
 def test_webdataset_json_label(jpeg_folder, tmp_path, capsys):
