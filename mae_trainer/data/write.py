@@ -340,6 +340,7 @@ class StreamSource(ImageSource):
         super().__init__(name, classes or [], [])
         self.dataset, self.image_column, self.label_column = dataset, image_column, label_column
         self.label_key = label_key  # a key of the label column's dict (a WebDataset ``.json`` member)
+        self.labelled = label_column is not None  # False: an image field only (where write_beton supports it)
         self.class_label = classes is not None
         self.num_examples = num_examples
         self.limit: int | None = None
