@@ -30,6 +30,8 @@ Download (``hf_hub_download``, which ``from_pretrained`` uses):
   blob ``ETag``; an LFS file redirects (302) to its object with ``X-Linked-Etag`` (the sha256) and
   ``X-Linked-Size``, as the Hub redirects to its CDN; a missing file is 404 ``EntryNotFound``.
 * ``HEAD``/``GET /lfs-objects/{oid}`` on ``cdn_url`` (a second origin, as the Hub's CDN is) – the bytes.
+* ``Range: bytes=...`` on both (``HfFileSystem``, which ``datasets``' streaming reads through, fetches parts
+  of files): 206 with ``Content-Range``.
 * ``GET /api/agent-harnesses`` – the client's telemetry registry (empty).
 
 Anything else answers 404 and is listed in ``unhandled``. Every request is recorded (method, path, query,
@@ -96,6 +98,7 @@ class Request:
     json: object = None  # the parsed body of JSON requests
     body_bytes: int = 0
     status: int | None = None
+    range: str | None = None  # the Range header (streaming readers fetch parts of a file)
 
 
 @dataclass
@@ -123,6 +126,23 @@ class Repo:
     branches: dict[str, Branch] = field(default_factory=dict)
     commits: list[dict] = field(default_factory=list)  # {"oid", "branch", "summary", "paths"}
     snapshots: dict[str, Branch] = field(default_factory=dict)  # commit oid → the tree it made
+
+
+def _ranged(request: Request, data: bytes, headers: dict[str, str]) -> Raw:
+    """The whole file (200), or the part a ``Range: bytes=START-[END]`` / ``bytes=-SUFFIX`` header asks
+    for (206 with ``Content-Range``; 416 past the end), as the Hub's CDN answers ``HfFileSystem``."""
+    headers = headers | {"Accept-Ranges": "bytes"}
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", request.range or "")
+    if match is None or not any(match.groups()):
+        return Raw(200, data, headers)
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last), len(data) - 1) if last else len(data) - 1
+    else:
+        start, end = max(0, len(data) - int(last)), len(data) - 1
+    if start >= len(data) or start > end:
+        return Raw(416, b"", headers | {"Content-Range": f"bytes */{len(data)}"})
+    return Raw(206, data[start : end + 1], headers | {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
 
 
 def _git_blob_sha(data: bytes) -> str:
@@ -481,7 +501,7 @@ class LoopbackHub:
         data = self.lfs_objects.get(match["oid"])
         if data is None:
             raise HubError(404, "no such object")
-        return Raw(200, data, {"ETag": f'"{match["oid"]}"'})
+        return _ranged(request, data, {"ETag": f'"{match["oid"]}"'})
 
     def resolve(self, match, request, body):
         match_type = match["type"] or "models"
@@ -508,7 +528,7 @@ class LoopbackHub:
                 "ETag": f'"{oid}"',
             }
             return Raw(302, headers=headers)
-        return Raw(200, data, headers | {"ETag": f'"{_git_blob_sha(data)}"'})
+        return _ranged(request, data, headers | {"ETag": f'"{_git_blob_sha(data)}"'})
 
     def commit(self, match, request, body):
         repo = self._repo(match, request, write=True)
@@ -613,6 +633,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=parse_qs(split.query),
             authorization=self.headers.get("Authorization"),
             content_type=self.headers.get("Content-Type"),
+            range=self.headers.get("Range"),
         )
         with hub.lock:
             hub.requests.append(request)

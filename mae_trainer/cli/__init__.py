@@ -37,7 +37,15 @@ def _write_dataset(args: argparse.Namespace) -> None:
         if os.path.lexists(args.output) and not args.overwrite:
             raise UsageError(f"--output {args.output}: already exists (pass --overwrite to replace it)")
         label_column = None if args.label_column.lower() == "none" else args.label_column
-        source = resolve_source(args.source, args.source_type, args.split, args.image_column, label_column)
+        source = resolve_source(
+            args.source,
+            args.source_type,
+            args.split,
+            args.image_column,
+            label_column,
+            revision=args.revision,
+            config_name=args.config_name,
+        )
         source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
         summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
     except InputError as err:  # the library names the argument; its flag has the same name
@@ -119,7 +127,7 @@ def _export(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..config import FinetuneConfig, PretrainConfig, ProbeConfig
-    from ..data.write import WriteSettings
+    from ..data.write import SOURCE_TYPES, WriteSettings
     from .flags import add_config_flags
 
     parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])
@@ -129,15 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
         "write-dataset", help="write an ImageFolder tree or the embedded set to .beton"
     )
     write.add_argument(
-        "--source", required=True, help="ImageFolder directory, a datasets folder, or 'embedded' (demo set)"
+        "--source",
+        required=True,
+        help="ImageFolder directory, a datasets folder, 'embedded' (demo set), Parquet/Arrow files or "
+        "WebDataset .tar shards (a file, glob or {0000..0099} range), or a Hub dataset USER/NAME",
     )
     write.add_argument(
         "--source-type",
         default="auto",
-        choices=["auto", "folder", "embedded", "hf-disk", "hf-imagefolder"],
-        help="hf-disk: datasets.load_from_disk; hf-imagefolder: datasets' local imagefolder",
+        choices=list(SOURCE_TYPES),
+        help="hf-disk: datasets.load_from_disk; hf-imagefolder: datasets' local imagefolder; hub: a Hub "
+        "dataset even where a local folder has that name (streamed)",
     )
     write.add_argument("--split", default="train", help="datasets split")
+    write.add_argument("--revision", default=None, help="Hub dataset revision (branch, tag or commit)")
+    write.add_argument("--config-name", default=None, help="Hub dataset configuration (subset)")
     write.add_argument("--image-column", default="image", help="datasets image column")
     write.add_argument("--label-column", default="label", help="datasets label column ('none': no labels)")
     write.add_argument("--limit", type=int, default=None, help="write at most this many images")
