@@ -315,3 +315,28 @@ def test_a_failing_writer_worker_ends_the_write_with_a_clear_error(jpeg_folder, 
     import multiprocessing
 
     assert multiprocessing.active_children() == []  # every writer worker was ended
+
+
+@pytest.mark.slow
+def test_a_killed_write_leaves_a_partial_the_next_write_removes(jpeg_folder, tmp_path, tmp_path_factory):
+    """SIGKILL (no handler runs) leaves the hidden partial file; the next write of the same output removes
+    it, and other stale partials of dead writers, but never the partial of a writer still running."""
+    from .conftest import kill_tree
+
+    log = tmp_path_factory.mktemp("log") / "write.log"
+    proc = start_long_write(tmp_path, log)
+    kill_tree(proc.pid)  # the writer and its FFCV worker, mid-write
+    proc.wait()
+    left = sorted(p.name for p in tmp_path.glob(".big.beton*"))
+    assert left == [f".big.beton.partial-{proc.pid}"], left
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a PID that is no process any more
+    (tmp_path / f".big.beton.json.partial-{dead.pid}").write_text("{")
+    (tmp_path / f".big.beton.partial-{dead.pid}.failed").write_text("x")
+    live = tmp_path / f".big.beton.partial-{os.getpid()}"  # this test process: alive
+    live.write_text("a live writer's file")
+    result = run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(tmp_path / "big.beton"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"removed {tmp_path}/.big.beton.partial-{proc.pid}: left by an earlier write" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "big.beton", "big.beton.json", "many"]
+    assert json.loads((tmp_path / "big.beton.json").read_text())["count"] == 12

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import InputError, TrainingError
-from ..publish import check_output_dir, publish_text, publishing
+from ..publish import check_output_dir, publish_text, publishing, remove_stale_partials
 
 WRITE_MODES = ("smart", "jpg", "raw")
 
@@ -390,6 +391,8 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
 
     settings.validate()
     check_output(output, overwrite)
+    for stale in remove_stale_partials(output, suffixes=("", ".json")):
+        print(f"removed {stale}: left by an earlier write whose process is gone", file=sys.stderr)
     source.max_side = settings.max_resolution
     source.drop_unreadable(settings.num_workers)
     if len(source) == 0:
