@@ -84,17 +84,57 @@ def test_awkward_images_are_converted_or_skipped(awkward_folder, tmp_path):
         assert abs(images[name].astype(int).mean() - images["rgb.jpg"].astype(int).mean()) < 12, name
 
 
-def test_limit_and_fraction(jpeg_folder, tmp_path):
-    source = image_folder_source(jpeg_folder)
-    source.select(limit=5)
-    assert len(source) == 5 and source.order == [0, 1, 2, 3, 4]
-    source = image_folder_source(jpeg_folder)
-    source.select(fraction=0.5, seed=1)
-    again = image_folder_source(jpeg_folder)
-    again.select(fraction=0.5, seed=1)
-    assert len(source) == 6 and source.order == again.order and source.order == sorted(source.order)
-    summary = write_beton(source, tmp_path / "half.beton", WriteSettings(num_workers=1))
-    assert summary["count"] == 6
+@pytest.fixture(scope="module")
+def sixteen_classes(tmp_path_factory):
+    """An ImageFolder tree of 16 classes of real JPEGs, 4 images each (class_15 has 10), and one empty
+    class folder (``empty``, holding a text file only)."""
+    root = tmp_path_factory.mktemp("sixteen")
+    photo = load_photo("coffee.png")
+    for c in range(16):
+        (root / f"class_{c:02d}").mkdir()
+        for i in range(10 if c == 15 else 4):
+            crop = photo.crop((c * 9 + i, i * 5, c * 9 + i + 200, i * 5 + 160)).resize((40, 32))
+            crop.save(root / f"class_{c:02d}" / f"img_{i}.jpg", quality=90)
+    (root / "empty").mkdir()
+    (root / "empty" / "README.txt").write_text("no images here")
+    return root
+
+
+def test_limit_and_fraction_keep_every_class_in_proportion(sixteen_classes, jpeg_folder, tmp_path, capsys):
+    """``--limit``/``--fraction`` pick a seeded subset stratified by class, in source order; an empty class
+    folder is no class; the summary counts what was written."""
+    source = image_folder_source(sixteen_classes)
+    assert len(source.classes) == 16 and "empty" not in source.classes and len(source) == 70
+    source.select(limit=35, seed=3)
+    counts = source.class_counts()
+    assert len(source) == 35 and counts["class_15"] == 5 and set(counts.values()) == {2, 5}
+    assert source.order == sorted(source.order)
+    again = image_folder_source(sixteen_classes)
+    again.select(limit=35, seed=3)
+    other = image_folder_source(sixteen_classes)
+    other.select(limit=35, seed=4)
+    assert again.order == source.order != other.order
+    half = image_folder_source(jpeg_folder)
+    half.select(fraction=0.5, seed=1)
+    assert len(half) == 6 and half.class_counts() == {"class_0": 3, "class_1": 3}
+    few = image_folder_source(jpeg_folder)
+    few.select(limit=5, fraction=0.5)
+    assert len(few) == 5 and sorted(few.class_counts().values()) == [2, 3]
+
+    out = tmp_path / "subset.beton"
+    args = ["write-dataset", "--source", str(sixteen_classes), "--output", str(out), "--num-workers", "1"]
+    result = run_main(capsys, *args, "--limit", "16")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 16 images (16 JPEG, 0 raw) in 16 classes to" in result.stdout
+    assert f"skipped {sixteen_classes}/empty/: a class folder without images" in result.stdout
+    summary = json.loads((tmp_path / "subset.beton.json").read_text())
+    assert summary["count"] == 16 and len(summary["classes"]) == 16
+    assert set(summary["class_counts"].values()) == {1}
+    assert sorted(label for _, label in read_images(out)) == list(range(16))
+    result = run_main(capsys, *args, "--limit", "3", "--overwrite")
+    assert "wrote 3 images (3 JPEG, 0 raw) in 3 of 16 classes" in result.stdout, result.stdout
+    summary = json.loads((tmp_path / "subset.beton.json").read_text())
+    assert sum(summary["class_counts"].values()) == 3 == sum(n > 0 for n in summary["class_counts"].values())
 
 
 @pytest.fixture(scope="module")

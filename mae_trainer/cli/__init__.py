@@ -45,13 +45,21 @@ def _write_dataset(args: argparse.Namespace) -> None:
         raise UsageError(f"{flag}{err}") from None
     print(
         f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) in "
-        f"{len(summary['classes'])} classes to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "
+        f"{present_classes(summary)} to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "
         f"{summary['seconds']} s); summary: {args.output}.json"
     )
     for item in summary["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}")
     if summary["skipped"]:
         print(f"skipped {len(summary['skipped'])} file(s) (listed in {args.output}.json)")
+
+
+def present_classes(summary: dict) -> str:
+    """``"16 classes"``, or ``"2 of 16 classes"`` when some have no image written."""
+    counts = summary.get("class_counts") or {}
+    present = sum(1 for n in counts.values() if n)
+    total = len(summary["classes"])
+    return f"{total} classes" if present == total or not counts else f"{present} of {total} classes"
 
 
 def _pretrain(config) -> None:
@@ -140,9 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--split", default="train", help="datasets split")
     write.add_argument("--image-column", default="image", help="datasets image column")
     write.add_argument("--label-column", default="label", help="datasets label column ('none': no labels)")
-    write.add_argument("--limit", type=int, default=None, help="write at most this many images")
-    write.add_argument("--fraction", type=float, default=None, help="write a seeded random fraction")
-    write.add_argument("--seed", type=int, default=0, help="seed of --fraction")
+    write.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="write at most this many images (a seeded subset, stratified by class)",
+    )
+    write.add_argument(
+        "--fraction", type=float, default=None, help="write a seeded fraction, stratified by class"
+    )
+    write.add_argument("--seed", type=int, default=0, help="seed of --limit and --fraction")
     write.add_argument("--output", type=Path, required=True, help="the .beton file to write")
     defaults = WriteSettings()
     write.add_argument(

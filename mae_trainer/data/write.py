@@ -187,13 +187,38 @@ class ImageSource:
             os._exit(1)
 
     def select(self, limit: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
-        """Keep a seeded random ``fraction`` of the items (in their order), then the first ``limit``."""
+        """Keep a seeded subset of ``round(fraction * len)`` items (at least one), at most ``limit``,
+        stratified by label: one item of every class when there are enough, the rest shared in proportion to
+        the classes' sizes (largest remainders, ties drawn from ``seed``), each class's items drawn at random
+        from ``seed``; the items kept stay in their order. The same arguments give the same subset."""
+        count = len(self.order)
         if fraction is not None:
-            count = max(1, round(len(self.order) * fraction))
-            chosen = np.random.default_rng(seed).choice(len(self.order), size=count, replace=False)
-            self.order = [self.order[i] for i in sorted(chosen)]
+            count = max(1, round(count * fraction))
         if limit is not None:
-            self.order = self.order[:limit]
+            count = min(count, limit)
+        if count >= len(self.order):
+            return
+        rng = np.random.default_rng(seed)
+        labels = np.asarray([self.labels[item] for item in self.order])
+        classes, members = np.unique(labels, return_inverse=True)
+        sizes = np.bincount(members, minlength=len(classes))
+        base = np.ones_like(sizes) if count >= len(classes) else np.zeros_like(sizes)  # 1 each if it can
+        share = base + (sizes - base) * (count - base.sum()) / (sizes - base).sum()
+        quota = np.floor(share).astype(np.int64)
+        extra = count - int(quota.sum())  # one more for the largest remainders, ties drawn at random
+        tiebreak = rng.random(len(classes))
+        quota[np.lexsort((tiebreak, -(share - quota)))[:extra]] += 1
+        kept = [
+            position
+            for c in range(len(classes))
+            for position in rng.choice(np.flatnonzero(members == c), size=quota[c], replace=False).tolist()
+        ]
+        self.order = [self.order[position] for position in sorted(kept)]
+
+    def class_counts(self) -> dict[str, int]:
+        """How many of the items kept are in each class (every class, zero included), in class order."""
+        counts = np.bincount([self.labels[item] for item in self.order], minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
 
     def drop_unreadable(self, num_workers: int) -> None:
         """Probe every item (in forked workers) and keep only the writable ones; the rest go to ``skipped``.
@@ -283,26 +308,32 @@ def image_folder_source(root: Path) -> FolderSource:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     groups = [(d.name, d) for d in class_dirs] or [(root.name, root)]
     extensions = set(image_extensions())
-    paths, labels, others = [], [], []
-    for label, (_, directory) in enumerate(groups):
-        for path in sorted(directory.rglob("*")):
-            if not path.is_file():
-                continue
-            if path.suffix.lower() in extensions:
-                paths.append(path)
-                labels.append(label)
-            else:
-                others.append(path)
+    paths, labels, others, names, empty = [], [], [], [], []
+    for name, directory in groups:
+        found = [path for path in sorted(directory.rglob("*")) if path.is_file()]
+        images = [path for path in found if path.suffix.lower() in extensions]
+        others += [path for path in found if path.suffix.lower() not in extensions]
+        if not images:  # not a class: no label is given to it
+            empty.append(directory)
+            continue
+        paths += images
+        labels += [len(names)] * len(images)
+        names.append(name)
     if not paths:
         raise InputError(
             f"{root}: no images found (looked for the formats PIL reads: {', '.join(sorted(extensions))})",
             "source",
         )
-    source = FolderSource(str(root), [name for name, _ in groups], paths, labels)
-    # Never dropped silently: files that are not in a format PIL reads are listed with the skipped images.
+    source = FolderSource(str(root), names, paths, labels)
+    # Never dropped silently: files that are not in a format PIL reads are listed with the skipped images,
+    # and class folders without images (not counted as classes) too.
     source.skipped += [
         {"file": str(path), "reason": f"not an image format PIL reads ({path.suffix or 'no extension'})"}
         for path in others
+    ]
+    source.skipped += [
+        {"file": f"{directory}/", "reason": "a class folder without images: not counted as a class"}
+        for directory in empty
     ]
     return source
 
@@ -428,6 +459,7 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         "count": len(source),
         **stored_formats(output),
         "classes": source.classes,
+        "class_counts": source.class_counts(),
         "skipped": source.skipped,
         "settings": asdict(settings),
         "bytes": output.stat().st_size,
