@@ -380,3 +380,37 @@ def test_a_killed_write_leaves_a_partial_the_next_write_removes(jpeg_folder, tmp
     assert f"removed {tmp_path}/.big.beton.partial-{proc.pid}: left by an earlier write" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "big.beton", "big.beton.json", "many"]
     assert json.loads((tmp_path / "big.beton.json").read_text())["count"] == 12
+
+
+def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_folder, tmp_path, capsys):
+    """``--label-column none`` gives an image field only, for a folder and for the embedded set; pre-training
+    runs on such a file (reconstruction grid included), and whatever needs labels refuses it in one line
+    naming the file."""
+    from ffcv.reader import Reader
+
+    from mae_trainer.data.beton import field_names
+
+    out = tmp_path / "unlabelled.beton"
+    for source in (str(jpeg_folder), "embedded"):
+        args = ["write-dataset", "--source", source, "--output", str(out), "--label-column", "none"]
+        result = run_main(capsys, *args, "--limit", "12", "--num-workers", "1", "--overwrite")
+        assert result.returncode == 0, result.stderr
+        assert "wrote 12 images (12 JPEG, 0 raw) without labels to" in result.stdout, result.stdout
+        assert Reader(str(out)).field_names == field_names(out) == ["image"], source
+        summary = json.loads((tmp_path / "unlabelled.beton.json").read_text())
+        assert summary["labelled"] is False and summary["classes"] == [] and summary["count"] == 12
+    write_beton(image_folder_source(jpeg_folder), tmp_path / "labelled.beton", WriteSettings(num_workers=1))
+    assert field_names(tmp_path / "labelled.beton") == ["image", "label"]
+
+    run = tmp_path / "run"
+    pretrain = ["pretrain", "--data", str(out), "--model", "tiny", "--resolution", "32", "--epochs", "1",
+                "--warmup-epochs", "0", "--batch-size", "4", "--max-steps", "2", "--num-workers", "1",
+                "--log-every", "1", "--recon-images", "4", "--report-to", "none"]  # fmt: skip
+    result = run_main(capsys, *pretrain, "--output-dir", str(run))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 2
+    result = run_main(capsys, *pretrain, "--output-dir", str(tmp_path / "eval"), "--eval-data", str(out))
+    assert_one_line_error(result, f"{out}: has no 'label' field (fields: image); write it from a labelled")
+    assert "--eval-data" in result.stderr and not (tmp_path / "eval").exists()
+    probe = ["probe", "--model", str(run), "--train", str(out), "--val-fraction", "0.2", "--knn"]
+    assert_one_line_error(run_main(capsys, *probe), f"{out}: has no 'label' field (fields: image)")

@@ -38,13 +38,15 @@ def _write_dataset(args: argparse.Namespace) -> None:
             raise UsageError(f"--output {args.output}: already exists (pass --overwrite to replace it)")
         label_column = None if args.label_column.lower() == "none" else args.label_column
         source = resolve_source(args.source, args.source_type, args.split, args.image_column, label_column)
+        if label_column is None:  # whatever the source: an image field only
+            source.labelled = False
         source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
         summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
     except InputError as err:  # the library names the argument; its flag has the same name
         flag = f"--{err.argument.replace('_', '-')} " if err.argument else ""
         raise UsageError(f"{flag}{err}") from None
     print(
-        f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) in "
+        f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) "
         f"{present_classes(summary)} to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "
         f"{summary['seconds']} s); summary: {args.output}.json"
     )
@@ -55,11 +57,14 @@ def _write_dataset(args: argparse.Namespace) -> None:
 
 
 def present_classes(summary: dict) -> str:
-    """``"16 classes"``, or ``"2 of 16 classes"`` when some have no image written."""
+    """``"in 16 classes"``, ``"in 2 of 16 classes"`` when some have no image written, or ``"without
+    labels"``."""
+    if summary.get("labelled") is False:
+        return "without labels"
     counts = summary.get("class_counts") or {}
     present = sum(1 for n in counts.values() if n)
     total = len(summary["classes"])
-    return f"{total} classes" if present == total or not counts else f"{present} of {total} classes"
+    return f"in {total} classes" if present == total or not counts else f"in {present} of {total} classes"
 
 
 def _pretrain(config) -> None:
@@ -147,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     write.add_argument("--split", default="train", help="datasets split")
     write.add_argument("--image-column", default="image", help="datasets image column")
-    write.add_argument("--label-column", default="label", help="datasets label column ('none': no labels)")
+    write.add_argument(
+        "--label-column",
+        default="label",
+        help="datasets label column; 'none': write no labels (an image field only), for every source",
+    )
     write.add_argument(
         "--limit",
         type=int,

@@ -158,6 +158,8 @@ class ImageSource:
 
     def __init__(self, name: str, classes: list[str], labels: list[int]):
         self.name, self.classes, self.labels = name, classes, list(labels)
+        # False: the .beton gets an image field only (--label-column none); the labels still stratify select()
+        self.labelled = True
         self.order = list(range(len(self.labels)))  # the items kept, in writing order
         self.skipped: list[dict] = []
         self.max_side: int | None = None  # longest side stored (set by write_beton)
@@ -173,11 +175,12 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int] | tuple[np.ndarray]:
         item = self.order[index]
         try:
             with self.open(item) as image:
-                return load_for_writing(image, self.max_side), self.labels[item]
+                array = load_for_writing(image, self.max_side)
+            return (array, self.labels[item]) if self.labelled else (array,)
         except Exception as err:
             if self._failure_file is None or os.getpid() == self._writer_pid:
                 raise
@@ -291,6 +294,7 @@ class HFDatasetSource(ImageSource):
             index = {c: i for i, c in enumerate(classes)}
             labels = [index[v] for v in values]
         super().__init__(name, classes, labels)
+        self.labelled = label_column is not None
         self.dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
         self.image_column = image_column
 
@@ -439,8 +443,9 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
             jpeg_quality=settings.jpeg_quality,
             smart_threshold=settings.smart_threshold,
         ),
-        "label": IntField(),
     }
+    if source.labelled:
+        fields["label"] = IntField()
     start = time.perf_counter()
     writer = None
     try:
@@ -458,8 +463,9 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         "source": source.name,
         "count": len(source),
         **stored_formats(output),
-        "classes": source.classes,
-        "class_counts": source.class_counts(),
+        "labelled": source.labelled,
+        "classes": source.classes if source.labelled else [],
+        "class_counts": source.class_counts() if source.labelled else {},
         "skipped": source.skipped,
         "settings": asdict(settings),
         "bytes": output.stat().st_size,
