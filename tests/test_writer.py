@@ -414,3 +414,69 @@ def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_fol
     assert "--eval-data" in result.stderr and not (tmp_path / "eval").exists()
     probe = ["probe", "--model", str(run), "--train", str(out), "--val-fraction", "0.2", "--knn"]
     assert_one_line_error(run_main(capsys, *probe), f"{out}: has no 'label' field (fields: image)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs: room for one of FFCV's 8 MiB pages, not two (or a skip where mounts are refused)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root with CAP_SYS_ADMIN")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_write_into_a_full_disk_always_ends(small_disk, tmp_path):
+    """Two workers each fill one 8 MiB page and write it when their last chunk is done: the second write of
+    a page hits ENOSPC after the progress bar is full, while the writing process waits for the workers'
+    allocations. That wait once never ended (1 in 6 writes; here every time): now every try ends within
+    seconds with one error line, status 1, and no file left on the disk."""
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    load_photo("coffee.png").resize((160, 120)).save(src / "0.jpg", quality=90)
+    for i in range(1, 200):  # 4 chunks of 64: both workers get some
+        os.link(src / "0.jpg", src / f"{i}.jpg")
+    out = small_disk / "full.beton"
+    for attempt in range(3):
+        try:
+            result = run_cli("write-dataset", "--source", str(src.parent), "--output", str(out), timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"try {attempt}: write-dataset still running 120 s into a full disk")
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert last.startswith(f"mae-trainer: run stopped: writing {out} failed: "), result.stderr[-3000:]
+        assert "a writer worker process failed: OSError: [Errno 28] No space left on device" in last
+        assert last.endswith("nothing was written") and "Traceback" not in result.stderr
+        assert list(small_disk.iterdir()) == [], f"try {attempt}"
+
+
+def test_sigterm_ends_a_write_waiting_on_its_workers(jpeg_folder, tmp_path):
+    """SIGTERM while the writing thread waits on a multiprocessing queue (as FFCV's writer waits for its
+    workers' allocations) ends the wait at once: it was taken for a fork in progress and ignored forever."""
+    import multiprocessing
+    import queue
+    import threading
+    import time
+
+    from mae_trainer.data.write import WriteInterrupted, _WorkerWatch
+
+    source = image_folder_source(jpeg_folder)
+    before = signal.getsignal(signal.SIGTERM)
+    waiting = multiprocessing.Queue()
+    with pytest.raises(WriteInterrupted) as caught:
+        with _WorkerWatch(source, tmp_path / "x.beton", tmp_path / ".x.beton.partial-1"):
+            start = time.monotonic()
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            try:
+                waiting.get(timeout=30)
+            except queue.Empty:
+                pytest.fail("SIGTERM did not end the wait")
+    assert caught.value.exit_status == 143 and time.monotonic() - start < 10
+    assert signal.getsignal(signal.SIGTERM) == before

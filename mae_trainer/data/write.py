@@ -503,7 +503,13 @@ class _WorkerWatch:
     :meth:`ImageSource.__getitem__` reports a failure) and interrupts the writing thread with SIGUSR1 when
     one fails; SIGINT and SIGTERM raise :class:`WriteInterrupted`. Either way the workers are ended and the
     exception propagates, so the caller removes the partial file. Only in the main thread (signals); a write
-    from another thread runs unwatched."""
+    from another thread runs unwatched.
+
+    Every wait ends: the exception is raised wherever the writing thread blocks (also in FFCV's wait for
+    the workers' allocations, where a worker that hit a full disk at its last page once left the write
+    hanging after its progress bar was full), except while a worker is being forked (then the next signal
+    of the watcher raises it); workers that outlive SIGTERM are killed; FFCV's work queue is told not to
+    hold the exit (its feeder thread would wait forever to hand chunks to dead workers)."""
 
     def __init__(self, source: ImageSource, output: Path, partial: Path):
         self.source, self.output = source, output
@@ -512,10 +518,27 @@ class _WorkerWatch:
         self.stop = threading.Event()
         self.signalled: int | None = None
         self.workers: dict[int, multiprocessing.Process] = {}
+        self.queues: list = []  # the multiprocessing queues FFCV's writer makes for this write
+        # where a worker that fails outside __getitem__ (e.g. writing its last page to a full disk) says why:
+        # shared memory made before the workers fork, as the disk may have no room for a file
+        self.report = multiprocessing.RawArray("c", 2048)
 
     def __enter__(self) -> _WorkerWatch:
+        import ffcv.writer
+
         self.source._failure_file, self.source._writer_pid = self.failure_file, os.getpid()
         self.before = set(multiprocessing.active_children())  # not this write's workers
+        self.ffcv_queue = ffcv.writer.Queue
+
+        def recorded_queue(*args, **kwargs):
+            queue = self.ffcv_queue(*args, **kwargs)
+            self.queues.append(queue)
+            return queue
+
+        ffcv.writer.Queue = recorded_queue
+        self.ffcv_jobs = {name: getattr(ffcv.writer, name) for name in _WORKER_JOBS}
+        for name, job in self.ffcv_jobs.items():
+            setattr(ffcv.writer, name, self._reporting(job))
         if not self.active:
             return self
         owner = os.getpid()
@@ -543,9 +566,26 @@ class _WorkerWatch:
         self.thread.start()
         return self
 
+    def _reporting(self, job):
+        """``job`` (an FFCV worker's function) that, should it raise, puts the reason in :attr:`report` and
+        ends its process (status 1) without a traceback."""
+        report = self.report
+
+        def run(*args):
+            try:
+                job(*args)
+            except BaseException as err:
+                message = f"{type(err).__name__}: {err}".encode(errors="replace")[: len(report) - 1]
+                report[: len(message)] = message
+                os._exit(1)
+
+        return run
+
     def _failure(self) -> str | None:
         if self.failure_file.exists():
             return self.failure_file.read_text()
+        if self.report.value:
+            return f"a writer worker process failed: {self.report.value.decode(errors='replace')}"
         for worker in self.workers.values():
             code = worker.exitcode
             if code not in (None, 0):
@@ -570,17 +610,30 @@ class _WorkerWatch:
             raise _WorkerFailed()
 
     def __exit__(self, kind, error, trace) -> None:
+        import ffcv.writer
+
         self.stop.set()
+        ffcv.writer.Queue = self.ffcv_queue
+        for name, job in self.ffcv_jobs.items():
+            setattr(ffcv.writer, name, job)
         try:
             if self.active:
                 self.thread.join()
                 for signum, handler in self.saved.items():
                     signal.signal(signum, handler)
             if error is not None:
-                for worker in [*self.workers.values(), *set(multiprocessing.active_children()) - self.before]:
+                for queue in self.queues:  # chunks no worker will read must not hold the exit
+                    queue.cancel_join_thread()
+                workers = [*self.workers.values(), *set(multiprocessing.active_children()) - self.before]
+                for worker in workers:
                     if worker.is_alive():
                         worker.terminate()
+                for worker in workers:
+                    worker.join(10)
+                    if worker.is_alive():  # SIGTERM is not enough (e.g. stuck on a dead file system)
+                        worker.kill()
                         worker.join(10)
+                _close_progress_bars()  # before the error line, not after it at exit
             failure = self._failure() if isinstance(error, _WorkerFailed) else None
         finally:
             self.failure_file.unlink(missing_ok=True)
@@ -591,10 +644,32 @@ class _WorkerWatch:
             raise WriteInterrupted(self.signalled)
 
 
+_WORKER_JOBS = ("worker_job_indexed_dataset", "worker_job_webdataset")  # ffcv.writer's worker functions
+
+
+def _close_progress_bars() -> None:
+    """Close FFCV's progress bar of a failed write (its frame, kept by the traceback, would print it at
+    exit)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+# Where multiprocessing starts a process (and runs its at-fork callbacks); waiting on a queue, a lock or a
+# connection is not in these, so an exception raised there ends the wait.
+_FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py"}
+_FORK_FUNCTIONS = {("process.py", "start"), ("process.py", "_bootstrap"), ("util.py", "_run_after_forkers")}
+
+
 def _inside_fork(frame) -> bool:
+    """Whether ``frame`` runs inside multiprocessing's start of a process."""
     while frame is not None:
-        if "multiprocessing" in frame.f_code.co_filename:
-            return True
+        code = frame.f_code
+        if "multiprocessing" in code.co_filename:
+            name = os.path.basename(code.co_filename)
+            if name in _FORK_FILES or (name, code.co_name) in _FORK_FUNCTIONS:
+                return True
         frame = frame.f_back
     return False
 
