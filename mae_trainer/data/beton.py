@@ -33,7 +33,7 @@ def header_problem(path: Path) -> str | None:
     return None
 
 
-NO_LABELS = "write it from a labelled source (write-dataset without --label-column none)"
+NO_LABELS = "write it from a labelled source"
 
 
 def field_names(path: Path) -> list[str]:
