@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,6 +28,44 @@ def partial_path(target: Path) -> Path:
     """The hidden sibling that a write of ``target`` goes to (one per process)."""
     target = Path(target)
     return target.with_name(f".{target.name}.partial-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine; a process of another user counts as alive)."""
+    if pid <= 0:
+        return True  # not a PID we can judge: leave its file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(target: Path, *, suffixes: tuple[str, ...] = ("",)) -> list[Path]:
+    """Remove the hidden partial files (``.NAME.partial-PID``, and anything named after one, such as
+    ``.NAME.partial-PID.failed``) that a killed writer of ``target`` left beside it: only those whose PID is
+    no live process, never a live writer's (nor this process's). ``suffixes`` adds sibling targets
+    (``".json"``: ``NAME.json``'s partials too). Returns the paths removed."""
+    target = Path(target)
+    names = [re.escape(f".{target.name}{suffix}.partial-") for suffix in suffixes]
+    pattern = re.compile(rf"^(?:{'|'.join(names)})(\d+)(?:\..*)?$")
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        remove(Path(entry.path))
+        removed.append(Path(entry.path))
+    return removed
 
 
 def remove(path: Path) -> None:

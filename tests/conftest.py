@@ -238,7 +238,7 @@ def small_embedded_beton(folder: Path, limit: int, max_resolution: int) -> Path:
     from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
 
     source = embedded_source()
-    source.select(limit=limit)
+    source.order = source.order[:limit]
     path = folder / "small.beton"
     write_beton(source, path, WriteSettings(max_resolution=max_resolution, write_mode="jpg", num_workers=1))
     return path

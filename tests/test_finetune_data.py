@@ -25,7 +25,7 @@ def id_beton(tmp_path_factory):
     from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
 
     source = embedded_source()
-    source.select(limit=SAMPLES)
+    source.order = source.order[:SAMPLES]
     source.labels = list(range(len(source.labels)))  # item i (the i-th written) is labelled i
     path = tmp_path_factory.mktemp("ids") / "ids.beton"
     write_beton(source, path, WriteSettings(max_resolution=96, write_mode="jpg", num_workers=1))

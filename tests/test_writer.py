@@ -84,17 +84,57 @@ def test_awkward_images_are_converted_or_skipped(awkward_folder, tmp_path):
         assert abs(images[name].astype(int).mean() - images["rgb.jpg"].astype(int).mean()) < 12, name
 
 
-def test_limit_and_fraction(jpeg_folder, tmp_path):
-    source = image_folder_source(jpeg_folder)
-    source.select(limit=5)
-    assert len(source) == 5 and source.order == [0, 1, 2, 3, 4]
-    source = image_folder_source(jpeg_folder)
-    source.select(fraction=0.5, seed=1)
-    again = image_folder_source(jpeg_folder)
-    again.select(fraction=0.5, seed=1)
-    assert len(source) == 6 and source.order == again.order and source.order == sorted(source.order)
-    summary = write_beton(source, tmp_path / "half.beton", WriteSettings(num_workers=1))
-    assert summary["count"] == 6
+@pytest.fixture(scope="module")
+def sixteen_classes(tmp_path_factory):
+    """An ImageFolder tree of 16 classes of real JPEGs, 4 images each (class_15 has 10), and one empty
+    class folder (``empty``, holding a text file only)."""
+    root = tmp_path_factory.mktemp("sixteen")
+    photo = load_photo("coffee.png")
+    for c in range(16):
+        (root / f"class_{c:02d}").mkdir()
+        for i in range(10 if c == 15 else 4):
+            crop = photo.crop((c * 9 + i, i * 5, c * 9 + i + 200, i * 5 + 160)).resize((40, 32))
+            crop.save(root / f"class_{c:02d}" / f"img_{i}.jpg", quality=90)
+    (root / "empty").mkdir()
+    (root / "empty" / "README.txt").write_text("no images here")
+    return root
+
+
+def test_limit_and_fraction_keep_every_class_in_proportion(sixteen_classes, jpeg_folder, tmp_path, capsys):
+    """``--limit``/``--fraction`` pick a seeded subset stratified by class, in source order; an empty class
+    folder is no class; the summary counts what was written."""
+    source = image_folder_source(sixteen_classes)
+    assert len(source.classes) == 16 and "empty" not in source.classes and len(source) == 70
+    source.select(limit=35, seed=3)
+    counts = source.class_counts()
+    assert len(source) == 35 and counts["class_15"] == 5 and set(counts.values()) == {2, 5}
+    assert source.order == sorted(source.order)
+    again = image_folder_source(sixteen_classes)
+    again.select(limit=35, seed=3)
+    other = image_folder_source(sixteen_classes)
+    other.select(limit=35, seed=4)
+    assert again.order == source.order != other.order
+    half = image_folder_source(jpeg_folder)
+    half.select(fraction=0.5, seed=1)
+    assert len(half) == 6 and half.class_counts() == {"class_0": 3, "class_1": 3}
+    few = image_folder_source(jpeg_folder)
+    few.select(limit=5, fraction=0.5)
+    assert len(few) == 5 and sorted(few.class_counts().values()) == [2, 3]
+
+    out = tmp_path / "subset.beton"
+    args = ["write-dataset", "--source", str(sixteen_classes), "--output", str(out), "--num-workers", "1"]
+    result = run_main(capsys, *args, "--limit", "16")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 16 images (16 JPEG, 0 raw) in 16 classes to" in result.stdout
+    assert f"skipped {sixteen_classes}/empty/: a class folder without images" in result.stdout
+    summary = json.loads((tmp_path / "subset.beton.json").read_text())
+    assert summary["count"] == 16 and len(summary["classes"]) == 16
+    assert set(summary["class_counts"].values()) == {1}
+    assert sorted(label for _, label in read_images(out)) == list(range(16))
+    result = run_main(capsys, *args, "--limit", "3", "--overwrite")
+    assert "wrote 3 images (3 JPEG, 0 raw) in 3 of 16 classes" in result.stdout, result.stdout
+    summary = json.loads((tmp_path / "subset.beton.json").read_text())
+    assert sum(summary["class_counts"].values()) == 3 == sum(n > 0 for n in summary["class_counts"].values())
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +355,128 @@ def test_a_failing_writer_worker_ends_the_write_with_a_clear_error(jpeg_folder, 
     import multiprocessing
 
     assert multiprocessing.active_children() == []  # every writer worker was ended
+
+
+@pytest.mark.slow
+def test_a_killed_write_leaves_a_partial_the_next_write_removes(jpeg_folder, tmp_path, tmp_path_factory):
+    """SIGKILL (no handler runs) leaves the hidden partial file; the next write of the same output removes
+    it, and other stale partials of dead writers, but never the partial of a writer still running."""
+    from .conftest import kill_tree
+
+    log = tmp_path_factory.mktemp("log") / "write.log"
+    proc = start_long_write(tmp_path, log)
+    kill_tree(proc.pid)  # the writer and its FFCV worker, mid-write
+    proc.wait()
+    left = sorted(p.name for p in tmp_path.glob(".big.beton*"))
+    assert left == [f".big.beton.partial-{proc.pid}"], left
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a PID that is no process any more
+    (tmp_path / f".big.beton.json.partial-{dead.pid}").write_text("{")
+    (tmp_path / f".big.beton.partial-{dead.pid}.failed").write_text("x")
+    live = tmp_path / f".big.beton.partial-{os.getpid()}"  # this test process: alive
+    live.write_text("a live writer's file")
+    result = run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(tmp_path / "big.beton"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"removed {tmp_path}/.big.beton.partial-{proc.pid}: left by an earlier write" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "big.beton", "big.beton.json", "many"]
+    assert json.loads((tmp_path / "big.beton.json").read_text())["count"] == 12
+
+
+def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_folder, tmp_path, capsys):
+    """``--label-column none`` gives an image field only, for a folder and for the embedded set; pre-training
+    runs on such a file (reconstruction grid included), and whatever needs labels refuses it in one line
+    naming the file."""
+    from ffcv.reader import Reader
+
+    from mae_trainer.data.beton import field_names
+
+    out = tmp_path / "unlabelled.beton"
+    for source in (str(jpeg_folder), "embedded"):
+        args = ["write-dataset", "--source", source, "--output", str(out), "--label-column", "none"]
+        result = run_main(capsys, *args, "--limit", "12", "--num-workers", "1", "--overwrite")
+        assert result.returncode == 0, result.stderr
+        assert "wrote 12 images (12 JPEG, 0 raw) without labels to" in result.stdout, result.stdout
+        assert Reader(str(out)).field_names == field_names(out) == ["image"], source
+        summary = json.loads((tmp_path / "unlabelled.beton.json").read_text())
+        assert summary["labelled"] is False and summary["classes"] == [] and summary["count"] == 12
+    write_beton(image_folder_source(jpeg_folder), tmp_path / "labelled.beton", WriteSettings(num_workers=1))
+    assert field_names(tmp_path / "labelled.beton") == ["image", "label"]
+
+    run = tmp_path / "run"
+    pretrain = ["pretrain", "--data", str(out), "--model", "tiny", "--resolution", "32", "--epochs", "1",
+                "--warmup-epochs", "0", "--batch-size", "4", "--max-steps", "2", "--num-workers", "1",
+                "--log-every", "1", "--recon-images", "4", "--report-to", "none"]  # fmt: skip
+    result = run_main(capsys, *pretrain, "--output-dir", str(run))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= 2
+    result = run_main(capsys, *pretrain, "--output-dir", str(tmp_path / "eval"), "--eval-data", str(out))
+    assert_one_line_error(result, f"{out}: has no 'label' field (fields: image); write it from a labelled")
+    assert "--eval-data" in result.stderr and not (tmp_path / "eval").exists()
+    probe = ["probe", "--model", str(run), "--train", str(out), "--val-fraction", "0.2", "--knn"]
+    assert_one_line_error(run_main(capsys, *probe), f"{out}: has no 'label' field (fields: image)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs: room for one of FFCV's 8 MiB pages, not two (or a skip where mounts are refused)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); needs root with CAP_SYS_ADMIN")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_write_into_a_full_disk_always_ends(small_disk, tmp_path):
+    """Two workers each fill one 8 MiB page and write it when their last chunk is done: the second write of
+    a page hits ENOSPC after the progress bar is full, while the writing process waits for the workers'
+    allocations. That wait once never ended (1 in 6 writes; here every time): now every try ends within
+    seconds with one error line, status 1, and no file left on the disk."""
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    load_photo("coffee.png").resize((160, 120)).save(src / "0.jpg", quality=90)
+    for i in range(1, 200):  # 4 chunks of 64: both workers get some
+        os.link(src / "0.jpg", src / f"{i}.jpg")
+    out = small_disk / "full.beton"
+    for attempt in range(3):
+        try:
+            result = run_cli("write-dataset", "--source", str(src.parent), "--output", str(out), timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"try {attempt}: write-dataset still running 120 s into a full disk")
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert last.startswith(f"mae-trainer: run stopped: writing {out} failed: "), result.stderr[-3000:]
+        assert "a writer worker process failed: OSError: [Errno 28] No space left on device" in last
+        assert last.endswith("nothing was written") and "Traceback" not in result.stderr
+        assert list(small_disk.iterdir()) == [], f"try {attempt}"
+
+
+def test_sigterm_ends_a_write_waiting_on_its_workers(jpeg_folder, tmp_path):
+    """SIGTERM while the writing thread waits on a multiprocessing queue (as FFCV's writer waits for its
+    workers' allocations) ends the wait at once: it was taken for a fork in progress and ignored forever."""
+    import multiprocessing
+    import queue
+    import threading
+    import time
+
+    from mae_trainer.data.write import WriteInterrupted, _WorkerWatch
+
+    source = image_folder_source(jpeg_folder)
+    before = signal.getsignal(signal.SIGTERM)
+    waiting = multiprocessing.Queue()
+    with pytest.raises(WriteInterrupted) as caught:
+        with _WorkerWatch(source, tmp_path / "x.beton", tmp_path / ".x.beton.partial-1"):
+            start = time.monotonic()
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            try:
+                waiting.get(timeout=30)
+            except queue.Empty:
+                pytest.fail("SIGTERM did not end the wait")
+    assert caught.value.exit_status == 143 and time.monotonic() - start < 10
+    assert signal.getsignal(signal.SIGTERM) == before

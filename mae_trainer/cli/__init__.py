@@ -46,20 +46,33 @@ def _write_dataset(args: argparse.Namespace) -> None:
             revision=args.revision,
             config_name=args.config_name,
         )
+        if label_column is None:  # whatever the source: an image field only
+            source.labelled = False
         source.select(limit=args.limit, fraction=args.fraction, seed=args.seed)
         summary = write_beton(source, args.output, settings, overwrite=args.overwrite)
     except InputError as err:  # the library names the argument; its flag has the same name
         flag = f"--{err.argument.replace('_', '-')} " if err.argument else ""
         raise UsageError(f"{flag}{err}") from None
     print(
-        f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) in "
-        f"{len(summary['classes'])} classes to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "
+        f"wrote {summary['count']} images ({summary['jpeg']} JPEG, {summary['raw']} raw) "
+        f"{present_classes(summary)} to {args.output} ({summary['bytes'] / 2**20:.1f} MiB, "
         f"{summary['seconds']} s); summary: {args.output}.json"
     )
     for item in summary["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}")
     if summary["skipped"]:
         print(f"skipped {len(summary['skipped'])} file(s) (listed in {args.output}.json)")
+
+
+def present_classes(summary: dict) -> str:
+    """``"in 16 classes"``, ``"in 2 of 16 classes"`` when some have no image written, or ``"without
+    labels"``."""
+    if summary.get("labelled") is False:
+        return "without labels"
+    counts = summary.get("class_counts") or {}
+    present = sum(1 for n in counts.values() if n)
+    total = len(summary["classes"])
+    return f"in {total} classes" if present == total or not counts else f"in {present} of {total} classes"
 
 
 def _pretrain(config) -> None:
@@ -153,10 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--revision", default=None, help="Hub dataset revision (branch, tag or commit)")
     write.add_argument("--config-name", default=None, help="Hub dataset configuration (subset)")
     write.add_argument("--image-column", default="image", help="datasets image column")
-    write.add_argument("--label-column", default="label", help="datasets label column ('none': no labels)")
-    write.add_argument("--limit", type=int, default=None, help="write at most this many images")
-    write.add_argument("--fraction", type=float, default=None, help="write a seeded random fraction")
-    write.add_argument("--seed", type=int, default=0, help="seed of --fraction")
+    write.add_argument(
+        "--label-column",
+        default="label",
+        help="datasets label column; 'none': write no labels (an image field only), for every source",
+    )
+    write.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="write at most this many images (a seeded subset, stratified by class)",
+    )
+    write.add_argument(
+        "--fraction", type=float, default=None, help="write a seeded fraction, stratified by class"
+    )
+    write.add_argument("--seed", type=int, default=0, help="seed of --limit and --fraction")
     write.add_argument("--output", type=Path, required=True, help="the .beton file to write")
     defaults = WriteSettings()
     write.add_argument(

@@ -33,9 +33,22 @@ def header_problem(path: Path) -> str | None:
     return None
 
 
-def check_beton(path: Path) -> int:
-    """The number of samples of ``path``, a readable FFCV file with an ``image`` field; else
-    :class:`InputError`, its message starting with ``path``."""
+NO_LABELS = "write it from a labelled source"
+
+
+def field_names(path: Path) -> list[str]:
+    """The names of the fields of the FFCV file ``path`` (e.g. ``["image", "label"]``, or ``["image"]`` for
+    one written without labels), read from its field table alone."""
+    from ffcv.types import FieldDescType, HeaderType
+
+    count = int(np.fromfile(path, dtype=HeaderType, count=1)[0]["num_fields"])
+    table = np.fromfile(path, dtype=FieldDescType, count=count, offset=HeaderType.itemsize)
+    return [bytes(name).split(b"\0", 1)[0].decode("ascii") for name in table["name"]]
+
+
+def check_beton(path: Path, labels: bool = False) -> int:
+    """The number of samples of ``path``, a readable FFCV file with an ``image`` field (and a ``label``
+    field when ``labels``); else :class:`InputError`, its message starting with ``path``."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
@@ -51,6 +64,8 @@ def check_beton(path: Path) -> int:
         raise InputError(f"{path}: not an FFCV .beton file ({type(err).__name__}: {err})") from None
     if "image" not in reader.handlers:
         raise InputError(f"{path}: has no 'image' field (fields: {', '.join(reader.handlers)})")
+    if labels and "label" not in reader.handlers:
+        raise InputError(f"{path}: has no 'label' field (fields: {', '.join(reader.handlers)}); {NO_LABELS}")
     if reader.num_samples == 0:
         raise InputError(f"{path}: holds no samples")
     problem = layout_problem(reader, path.stat().st_size)

@@ -35,12 +35,15 @@ def eval_loader(
 ):
     """Sequential order, centre crop (``crop_ratio`` of the short side) resized to ``resolution``; every
     sample of ``indices`` (default: the whole file) once, the last batch possibly smaller. Empty
-    ``indices`` (a rank with no share, :func:`eval_shard`) give an empty iterable. FFCV reuses its output
+    ``indices`` (a rank with no share, :func:`eval_shard`) give an empty iterable. Batches are
+    ``(images, labels)``, or ``(images,)`` for a file written without labels. FFCV reuses its output
     buffers: consume or copy each batch before taking the next."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+
+    from .beton import field_names
 
     if indices is not None:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -52,8 +55,9 @@ def eval_loader(
             ToTensor(),
             ToTorchImage(channels_last=False),
         ],
-        "label": [IntDecoder(), ToTensor(), Squeeze(1)],
     }
+    if "label" in field_names(path):
+        pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
     return Loader(
         str(path),
         batch_size=batch_size,

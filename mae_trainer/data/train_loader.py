@@ -23,10 +23,10 @@ from .schedules import ResolutionSchedule, Stage
 @dataclass
 class Batch:
     """One batch and the stage it belongs to. ``images`` are uint8 ``(B, 3, R, R)``, ``R`` the stage's
-    resolution and ``B`` its batch size."""
+    resolution and ``B`` its batch size; ``labels`` None for a file written without labels."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     stage: Stage
     epoch: int
     index: int  # this rank's batch index within the epoch
@@ -100,6 +100,7 @@ class ProgressiveLoader:
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
         from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
+        from .beton import field_names
 
         self.schedule = schedule
         scale = RRC_SCALE if scale is None else tuple(scale)
@@ -123,10 +124,10 @@ class ProgressiveLoader:
             to_torch = [ToDevice(torch.device(device), non_blocking=True), ToTorchImage(channels_last=True)]
         else:
             to_torch = [ToTorchImage(channels_last=False)]
-        pipelines = {
-            "image": [*image_pipeline, ToTensor(), *to_torch],
-            "label": [IntDecoder(), ToTensor(), Squeeze(1)],
-        }
+        pipelines = {"image": [*image_pipeline, ToTensor(), *to_torch]}
+        self.labelled = "label" in field_names(path)  # a file written without labels: images only
+        if self.labelled:
+            pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
         self.loader = Loader(
             str(path),
             batch_size=first.batch_size,
@@ -159,9 +160,10 @@ class ProgressiveLoader:
         self.loader.next_epoch = epoch
         self.position = (epoch, start)
         sampler, seed = self.sampler, self.sampler.seed
-        for index, (images, labels) in enumerate(self.loader, start=start):
+        for index, fields in enumerate(self.loader, start=start):
             self.position = (epoch, index + 1)
             micro = sampler.micro_batch(index)
+            images, labels = fields[0], fields[1] if self.labelled else None
             yield Batch(images, labels, stage, epoch, index, micro, noise_seed(seed, epoch, micro))
         self.sampler.resume_at(-1, 0)
 

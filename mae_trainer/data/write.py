@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import InputError, TrainingError
-from ..publish import check_output_dir, publish_text, publishing
+from ..publish import check_output_dir, publish_text, publishing, remove_stale_partials
 
 WRITE_MODES = ("smart", "jpg", "raw")
 
@@ -158,6 +159,8 @@ class ImageSource:
 
     def __init__(self, name: str, classes: list[str], labels: list[int]):
         self.name, self.classes, self.labels = name, classes, list(labels)
+        # False: the .beton gets an image field only (--label-column none); the labels still stratify select()
+        self.labelled = True
         self.order = list(range(len(self.labels)))  # the items kept, in writing order
         self.skipped: list[dict] = []
         self.max_side: int | None = None  # longest side stored (set by write_beton)
@@ -173,11 +176,12 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int] | tuple[np.ndarray]:
         item = self.order[index]
         try:
             with self.open(item) as image:
-                return load_for_writing(image, self.max_side), self.labels[item]
+                array = load_for_writing(image, self.max_side)
+            return (array, self.labels[item]) if self.labelled else (array,)
         except Exception as err:
             if self._failure_file is None or os.getpid() == self._writer_pid:
                 raise
@@ -187,13 +191,38 @@ class ImageSource:
             os._exit(1)
 
     def select(self, limit: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
-        """Keep a seeded random ``fraction`` of the items (in their order), then the first ``limit``."""
+        """Keep a seeded subset of ``round(fraction * len)`` items (at least one), at most ``limit``,
+        stratified by label: one item of every class when there are enough, the rest shared in proportion to
+        the classes' sizes (largest remainders, ties drawn from ``seed``), each class's items drawn at random
+        from ``seed``; the items kept stay in their order. The same arguments give the same subset."""
+        count = len(self.order)
         if fraction is not None:
-            count = max(1, round(len(self.order) * fraction))
-            chosen = np.random.default_rng(seed).choice(len(self.order), size=count, replace=False)
-            self.order = [self.order[i] for i in sorted(chosen)]
+            count = max(1, round(count * fraction))
         if limit is not None:
-            self.order = self.order[:limit]
+            count = min(count, limit)
+        if count >= len(self.order):
+            return
+        rng = np.random.default_rng(seed)
+        labels = np.asarray([self.labels[item] for item in self.order])
+        classes, members = np.unique(labels, return_inverse=True)
+        sizes = np.bincount(members, minlength=len(classes))
+        base = np.ones_like(sizes) if count >= len(classes) else np.zeros_like(sizes)  # 1 each if it can
+        share = base + (sizes - base) * (count - base.sum()) / (sizes - base).sum()
+        quota = np.floor(share).astype(np.int64)
+        extra = count - int(quota.sum())  # one more for the largest remainders, ties drawn at random
+        tiebreak = rng.random(len(classes))
+        quota[np.lexsort((tiebreak, -(share - quota)))[:extra]] += 1
+        kept = [
+            position
+            for c in range(len(classes))
+            for position in rng.choice(np.flatnonzero(members == c), size=quota[c], replace=False).tolist()
+        ]
+        self.order = [self.order[position] for position in sorted(kept)]
+
+    def class_counts(self) -> dict[str, int]:
+        """How many of the items kept are in each class (every class, zero included), in class order."""
+        counts = np.bincount([self.labels[item] for item in self.order], minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
 
     def drop_unreadable(self, num_workers: int) -> None:
         """Probe every item (in forked workers) and keep only the writable ones; the rest go to ``skipped``.
@@ -263,6 +292,7 @@ class HFDatasetSource(ImageSource):
         else:
             classes, labels = index_labels(dataset[label_column])
         super().__init__(name, classes, labels)
+        self.labelled = label_column is not None
         self.dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
         self.image_column = image_column
 
@@ -447,26 +477,32 @@ def image_folder_source(root: Path) -> FolderSource:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     groups = [(d.name, d) for d in class_dirs] or [(root.name, root)]
     extensions = set(image_extensions())
-    paths, labels, others = [], [], []
-    for label, (_, directory) in enumerate(groups):
-        for path in sorted(directory.rglob("*")):
-            if not path.is_file():
-                continue
-            if path.suffix.lower() in extensions:
-                paths.append(path)
-                labels.append(label)
-            else:
-                others.append(path)
+    paths, labels, others, names, empty = [], [], [], [], []
+    for name, directory in groups:
+        found = [path for path in sorted(directory.rglob("*")) if path.is_file()]
+        images = [path for path in found if path.suffix.lower() in extensions]
+        others += [path for path in found if path.suffix.lower() not in extensions]
+        if not images:  # not a class: no label is given to it
+            empty.append(directory)
+            continue
+        paths += images
+        labels += [len(names)] * len(images)
+        names.append(name)
     if not paths:
         raise InputError(
             f"{root}: no images found (looked for the formats PIL reads: {', '.join(sorted(extensions))})",
             "source",
         )
-    source = FolderSource(str(root), [name for name, _ in groups], paths, labels)
-    # Never dropped silently: files that are not in a format PIL reads are listed with the skipped images.
+    source = FolderSource(str(root), names, paths, labels)
+    # Never dropped silently: files that are not in a format PIL reads are listed with the skipped images,
+    # and class folders without images (not counted as classes) too.
     source.skipped += [
         {"file": str(path), "reason": f"not an image format PIL reads ({path.suffix or 'no extension'})"}
         for path in others
+    ]
+    source.skipped += [
+        {"file": f"{directory}/", "reason": "a class folder without images: not counted as a class"}
+        for directory in empty
     ]
     return source
 
@@ -740,6 +776,8 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
 
     settings.validate()
     check_output(output, overwrite)
+    for stale in remove_stale_partials(output, suffixes=("", ".json")):
+        print(f"removed {stale}: left by an earlier write whose process is gone", file=sys.stderr)
     source.max_side = settings.max_resolution
     source.drop_unreadable(settings.num_workers)
     if len(source) == 0:
@@ -755,8 +793,9 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
             jpeg_quality=settings.jpeg_quality,
             smart_threshold=settings.smart_threshold,
         ),
-        "label": IntField(),
     }
+    if source.labelled:
+        fields["label"] = IntField()
     start = time.perf_counter()
     writer = None
     try:
@@ -774,7 +813,9 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         "source": source.name,
         "count": len(source),
         **stored_formats(output),
-        "classes": source.classes,
+        "labelled": source.labelled,
+        "classes": source.classes if source.labelled else [],
+        "class_counts": source.class_counts() if source.labelled else {},
         "skipped": source.skipped,
         "settings": asdict(settings),
         "bytes": output.stat().st_size,
@@ -812,7 +853,13 @@ class _WorkerWatch:
     :meth:`ImageSource.__getitem__` reports a failure) and interrupts the writing thread with SIGUSR1 when
     one fails; SIGINT and SIGTERM raise :class:`WriteInterrupted`. Either way the workers are ended and the
     exception propagates, so the caller removes the partial file. Only in the main thread (signals); a write
-    from another thread runs unwatched."""
+    from another thread runs unwatched.
+
+    Every wait ends: the exception is raised wherever the writing thread blocks (also in FFCV's wait for
+    the workers' allocations, where a worker that hit a full disk at its last page once left the write
+    hanging after its progress bar was full), except while a worker is being forked (then the next signal
+    of the watcher raises it); workers that outlive SIGTERM are killed; FFCV's work queue is told not to
+    hold the exit (its feeder thread would wait forever to hand chunks to dead workers)."""
 
     def __init__(self, source: ImageSource, output: Path, partial: Path):
         self.source, self.output = source, output
@@ -821,10 +868,27 @@ class _WorkerWatch:
         self.stop = threading.Event()
         self.signalled: int | None = None
         self.workers: dict[int, multiprocessing.Process] = {}
+        self.queues: list = []  # the multiprocessing queues FFCV's writer makes for this write
+        # where a worker that fails outside __getitem__ (e.g. writing its last page to a full disk) says why:
+        # shared memory made before the workers fork, as the disk may have no room for a file
+        self.report = multiprocessing.RawArray("c", 2048)
 
     def __enter__(self) -> _WorkerWatch:
+        import ffcv.writer
+
         self.source._failure_file, self.source._writer_pid = self.failure_file, os.getpid()
         self.before = set(multiprocessing.active_children())  # not this write's workers
+        self.ffcv_queue = ffcv.writer.Queue
+
+        def recorded_queue(*args, **kwargs):
+            queue = self.ffcv_queue(*args, **kwargs)
+            self.queues.append(queue)
+            return queue
+
+        ffcv.writer.Queue = recorded_queue
+        self.ffcv_jobs = {name: getattr(ffcv.writer, name) for name in _WORKER_JOBS}
+        for name, job in self.ffcv_jobs.items():
+            setattr(ffcv.writer, name, self._reporting(job))
         if not self.active:
             return self
         owner = os.getpid()
@@ -852,9 +916,26 @@ class _WorkerWatch:
         self.thread.start()
         return self
 
+    def _reporting(self, job):
+        """``job`` (an FFCV worker's function) that, should it raise, puts the reason in :attr:`report` and
+        ends its process (status 1) without a traceback."""
+        report = self.report
+
+        def run(*args):
+            try:
+                job(*args)
+            except BaseException as err:
+                message = f"{type(err).__name__}: {err}".encode(errors="replace")[: len(report) - 1]
+                report[: len(message)] = message
+                os._exit(1)
+
+        return run
+
     def _failure(self) -> str | None:
         if self.failure_file.exists():
             return self.failure_file.read_text()
+        if self.report.value:
+            return f"a writer worker process failed: {self.report.value.decode(errors='replace')}"
         for worker in self.workers.values():
             code = worker.exitcode
             if code not in (None, 0):
@@ -879,17 +960,30 @@ class _WorkerWatch:
             raise _WorkerFailed()
 
     def __exit__(self, kind, error, trace) -> None:
+        import ffcv.writer
+
         self.stop.set()
+        ffcv.writer.Queue = self.ffcv_queue
+        for name, job in self.ffcv_jobs.items():
+            setattr(ffcv.writer, name, job)
         try:
             if self.active:
                 self.thread.join()
                 for signum, handler in self.saved.items():
                     signal.signal(signum, handler)
             if error is not None:
-                for worker in [*self.workers.values(), *set(multiprocessing.active_children()) - self.before]:
+                for queue in self.queues:  # chunks no worker will read must not hold the exit
+                    queue.cancel_join_thread()
+                workers = [*self.workers.values(), *set(multiprocessing.active_children()) - self.before]
+                for worker in workers:
                     if worker.is_alive():
                         worker.terminate()
+                for worker in workers:
+                    worker.join(10)
+                    if worker.is_alive():  # SIGTERM is not enough (e.g. stuck on a dead file system)
+                        worker.kill()
                         worker.join(10)
+                _close_progress_bars()  # before the error line, not after it at exit
             failure = self._failure() if isinstance(error, _WorkerFailed) else None
         finally:
             self.failure_file.unlink(missing_ok=True)
@@ -900,10 +994,32 @@ class _WorkerWatch:
             raise WriteInterrupted(self.signalled)
 
 
+_WORKER_JOBS = ("worker_job_indexed_dataset", "worker_job_webdataset")  # ffcv.writer's worker functions
+
+
+def _close_progress_bars() -> None:
+    """Close FFCV's progress bar of a failed write (its frame, kept by the traceback, would print it at
+    exit)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+# Where multiprocessing starts a process (and runs its at-fork callbacks); waiting on a queue, a lock or a
+# connection is not in these, so an exception raised there ends the wait.
+_FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py"}
+_FORK_FUNCTIONS = {("process.py", "start"), ("process.py", "_bootstrap"), ("util.py", "_run_after_forkers")}
+
+
 def _inside_fork(frame) -> bool:
+    """Whether ``frame`` runs inside multiprocessing's start of a process."""
     while frame is not None:
-        if "multiprocessing" in frame.f_code.co_filename:
-            return True
+        code = frame.f_code
+        if "multiprocessing" in code.co_filename:
+            name = os.path.basename(code.co_filename)
+            if name in _FORK_FILES or (name, code.co_name) in _FORK_FUNCTIONS:
+                return True
         frame = frame.f_back
     return False
 

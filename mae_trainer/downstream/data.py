@@ -39,13 +39,9 @@ class BetonSource(ImageSource):
         from ..data.beton import check_beton
         from ..data.write import read_summary
 
-        check_beton(path)
+        check_beton(path, labels=True)
         reader = Reader(str(path))
         names = list(reader.field_names)
-        if "label" not in names:
-            raise InputError(
-                f"{path}: has no 'label' field (fields: {', '.join(names)}); write it from a labelled source"
-            )
         meta = reader.metadata
         self.path = path
         self.image_meta = meta[f"f{names.index('image')}"]

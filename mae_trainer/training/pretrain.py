@@ -114,7 +114,7 @@ def check(config: PretrainConfig, world: int) -> Plan:
     for key in ("recon_data", "eval_data"):  # held-out sets: refused now, not at their first use
         if getattr(config, key) is not None:
             with about(key):
-                check_beton(getattr(config, key))
+                check_beton(getattr(config, key), labels=key == "eval_data")
     schedule = make_schedule(config, layout.batch)
 
     def batches_for(epochs: int) -> list[int]:
@@ -368,7 +368,7 @@ def fixed_images(data: Path, resolution: int, count: int):
     total = check_beton(data)
     spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
     loader = eval_loader(data, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread)
-    images, _ = next(iter(loader))
+    images = next(iter(loader))[0]  # (images, labels), or (images,) for a file without labels
     return images.clone()  # FFCV reuses its output buffers
 
 
