@@ -63,6 +63,7 @@ class Plan:
     resolution: int
     patch_size: int
     batches: int  # local micro-batches per epoch
+    model: object = dataclasses.field(default=None, repr=False)  # the classifier, loaded (and checked) here
 
     @property
     def layout(self):
@@ -124,6 +125,10 @@ def check(config: FinetuneConfig, world: int) -> Plan:
     loader = config.loader if config.loader != "auto" else ("ffcv" if beton else "pil")
     if loader == "ffcv" and not beton:
         raise ConfigError("loader", "ffcv", f"needs a .beton --train ({config.train} is not one)")
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)  # the head's init
+    model = load_model(config, source.classes)  # a folder lacking a tensor is refused here, by name
     patch = int(model_config.get("patch_size", 16))
     resolution = config.resolution or int(model_config.get("image_size", 224))
     with about("resolution"):
@@ -148,7 +153,7 @@ def check(config: FinetuneConfig, world: int) -> Plan:
         run = check_resume(config, point.path, point.state["step"], point.saved, run, lambda e: [batches] * e)
     check_push(config)  # fail now, not after the fine-tune
     config.check_output(resuming=point is not None)
-    return Plan(run, point, source, val_source, train, val, loader, resolution, patch, batches)
+    return Plan(run, point, source, val_source, train, val, loader, resolution, patch, batches, model)
 
 
 def load_model(config: FinetuneConfig, classes: list[str]):
@@ -218,7 +223,6 @@ def run(config: FinetuneConfig) -> dict:
 
 def train(config: FinetuneConfig, plan: Plan) -> dict:
     import torch
-    from accelerate.utils import set_seed
     from timm.data import Mixup
     from timm.optim import param_groups_layer_decay
 
@@ -230,8 +234,7 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
 
     layout = plan.layout
     classes = plan.source.classes
-    set_seed(config.seed)
-    model = load_model(config, classes)  # before the engine: a refused model leaves no output folder
+    model = plan.model  # loaded by check, before the engine: a refused model leaves no output folder
     model_config = model.config
     engine = Engine(
         config,
