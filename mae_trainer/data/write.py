@@ -900,8 +900,9 @@ class _WorkerWatch:
                 self.signalled = signum
             if self.stop.is_set() or _inside_fork(frame):
                 # Raised while FFCV starts a worker, the exception would be swallowed by an at-fork
-                # callback or leave a worker unknown to us (it would recreate the partial file): the
-                # watcher thread signals again once the fork is done. Once stopping, __exit__ decides.
+                # callback or leave a worker unknown to us (it would recreate the partial file); raised
+                # in a queue's put, it could leave the queue's lock held: the watcher thread signals
+                # again once out of these. Once stopping, __exit__ decides.
                 return
             if self.signalled is not None:
                 raise WriteInterrupted(self.signalled)
@@ -1009,7 +1010,13 @@ def _close_progress_bars() -> None:
 # Where multiprocessing starts a process (and runs its at-fork callbacks); waiting on a queue, a lock or a
 # connection is not in these, so an exception raised there ends the wait.
 _FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py"}
-_FORK_FUNCTIONS = {("process.py", "start"), ("process.py", "_bootstrap"), ("util.py", "_run_after_forkers")}
+_FORK_FUNCTIONS = {
+    ("process.py", "start"),
+    ("process.py", "_bootstrap"),
+    ("util.py", "_run_after_forkers"),
+    ("queues.py", "put"),  # a queue's put holds its buffer's lock: raised there, the exit waits on it forever
+    ("queues.py", "_start_thread"),
+}
 
 
 def _inside_fork(frame) -> bool:
