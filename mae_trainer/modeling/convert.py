@@ -50,11 +50,9 @@ POS_TOLERANCE = 1e-5
 EVAL_CROP_PCT = 0.875
 
 
-def vit_mae_config(config: MAEConfig):
-    """The ``ViTMAEConfig`` describing the same network."""
-    from transformers import ViTMAEConfig
-
-    return ViTMAEConfig(
+def _encoder_fields(config: MAEConfig) -> dict:
+    """The ViT encoder's settings in transformers' names (shared by the vit_mae and classifier configs)."""
+    return dict(
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
@@ -67,6 +65,15 @@ def vit_mae_config(config: MAEConfig):
         image_size=config.image_size,
         patch_size=config.patch_size,
         num_channels=config.num_channels,
+    )
+
+
+def vit_mae_config(config: MAEConfig):
+    """The ``ViTMAEConfig`` describing the same network."""
+    from transformers import ViTMAEConfig
+
+    return ViTMAEConfig(
+        **_encoder_fields(config),
         qkv_bias=config.qkv_bias,
         decoder_num_attention_heads=config.decoder_num_attention_heads,
         decoder_hidden_size=config.decoder_hidden_size,
@@ -290,18 +297,7 @@ def _encoder_state(model, prefix: str, key_bias: bool) -> dict[str, torch.Tensor
 def _classifier_common(config: MAEConfig) -> dict:
     labels = {int(i): str(name) for i, name in config.id2label.items()}
     return dict(
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=int(config.hidden_size * config.mlp_ratio),
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=config.initializer_range,
-        layer_norm_eps=config.layer_norm_eps,
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        num_channels=config.num_channels,
+        **_encoder_fields(config),
         id2label=labels,
         label2id={name: i for i, name in labels.items()},
     )
