@@ -97,7 +97,9 @@ def load_for_writing(image: Image.Image, max_side: int | None) -> np.ndarray:
     if image.format == "JPEG" and target != (width, height):
         swapped = image.size != (width, height)
         image.draft("RGB", target[::-1] if swapped else target)
-    array = to_rgb(ImageOps.exif_transpose(image))
+    if image.getexif().get(0x0112, 1) not in (0, 1):  # exif_transpose copies even an upright image
+        image = ImageOps.exif_transpose(image)
+    array = to_rgb(image)
     if (array.shape[1], array.shape[0]) != target:
         array = np.asarray(Image.fromarray(array).resize(target, Image.Resampling.BOX))
     return array
@@ -115,7 +117,8 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"))
+    # convert() copies even an image already RGB (a large share of a write's time)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def size_problem(image: Image.Image, max_side: int | None) -> str | None:
