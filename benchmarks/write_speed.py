@@ -7,10 +7,10 @@ dataset of ``(PIL image, label)``, ``RGBImageField(write_mode="jpg", max_resolut
 + ``IntField``), same workers, best of ``--repeats`` alternated runs with a warm page cache. One JSON line:
 both images/s, ``ratio`` (ours ÷ FFCV's), ms per image per core (wall ms × workers), output sizes.
 
-Memory (``--memory``): peak RSS of the writing process plus its FFCV workers (summed, so pages they share
-count once per process), sampled every 0.1 s while :func:`write_beton` writes ``--small`` then ``--large``
-synthetic 64×64 images (seeded noise made on the fly, nothing held in memory), each write in a fresh
-process. One JSON line with both peaks and their ratio.
+Memory (``--memory``): peak PSS (and RSS) of the writing process plus its FFCV workers, summed (RSS counts
+the pages they share once per process, PSS splits them), sampled every 0.2 s while :func:`write_beton`
+writes ``--small`` then ``--large`` synthetic 64×64 images (seeded noise made on the fly, nothing held in
+memory), each write in a fresh process. One JSON line with both peaks and their ratios.
 
     .venv/bin/python benchmarks/write_speed.py [--workers 2] [--repeats 3] [--memory] [--work DIR]
 """
@@ -110,25 +110,32 @@ class SyntheticSource(ImageSource):
         return Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
 
 
-def tree_rss() -> int:
+def tree_memory() -> tuple[int, int]:
+    """(RSS, PSS) summed over this process and its children: RSS counts the pages the forked workers share
+    with it once per process, PSS splits them among the processes sharing them (their real total)."""
     import psutil
 
     me = psutil.Process()
-    total = 0
+    rss = pss = 0
     for process in [me, *me.children(recursive=True)]:
         try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+            info = process.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss, pss
 
 
 def memory_child(count: int, work: Path, workers: int) -> None:
-    peak, stop = [tree_rss()], threading.Event()
+    peak, stop = [(0, 0)], threading.Event()
 
     def sample():
-        while not stop.wait(0.1):
-            peak[0] = max(peak[0], tree_rss())
+        while True:
+            now = tree_memory()
+            peak[0] = (max(peak[0][0], now[0]), max(peak[0][1], now[1]))
+            if stop.wait(0.2):
+                return
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -138,11 +145,10 @@ def memory_child(count: int, work: Path, workers: int) -> None:
     seconds = time.perf_counter() - start
     stop.set()
     thread.join()
-    peak[0] = max(peak[0], tree_rss())
     output.unlink()
-    print(
-        json.dumps({"count": summary["count"], "peak_rss_mib": round(peak[0] / 2**20, 1), "seconds": seconds})
-    )
+    rss, pss = peak[0]
+    line = {"count": summary["count"], "rss_mib": rss / 2**20, "pss_mib": pss / 2**20, "seconds": seconds}
+    print(json.dumps(line))
 
 
 def memory(work: Path, workers: int, small: int, large: int) -> dict:
@@ -169,8 +175,10 @@ def memory(work: Path, workers: int, small: int, large: int) -> dict:
         "benchmark": "write_memory",
         "workers": workers,
         "images": [small, large],
-        "peak_rss_mib": [a["peak_rss_mib"], b["peak_rss_mib"]],
-        "ratio": round(b["peak_rss_mib"] / a["peak_rss_mib"], 3),
+        "peak_pss_mib": [round(a["pss_mib"], 1), round(b["pss_mib"], 1)],
+        "pss_ratio": round(b["pss_mib"] / a["pss_mib"], 3),
+        "peak_rss_sum_mib": [round(a["rss_mib"], 1), round(b["rss_mib"], 1)],
+        "rss_ratio": round(b["rss_mib"] / a["rss_mib"], 3),
         "images_per_s": [round(small / a["seconds"], 1), round(large / b["seconds"], 1)],
     }
 
