@@ -5,7 +5,9 @@ Speed: the same ~1000 real-photo JPEGs (scikit-image's bundled photos, short sid
 resized in the pass that writes it) and by FFCV's ``DatasetWriter`` in its standard usage (a torch-style
 dataset of ``(PIL image, label)``, ``RGBImageField(write_mode="jpg", max_resolution=500, jpeg_quality=90)``
 + ``IntField``), same workers, best of ``--repeats`` alternated runs with a warm page cache. One JSON line:
-both images/s, ``ratio`` (ours ÷ FFCV's), ms per image per core (wall ms × workers), output sizes.
+both images/s, ``ratio`` (ours ÷ FFCV's), ms per image per core (wall ms × workers), CPU ms per image of
+the writer and its workers and ``cpu_ratio`` (FFCV's ÷ ours: steadier than wall time on a busy machine),
+output sizes.
 
 Memory (``--memory``): peak PSS (and RSS) of the writing process plus its FFCV workers, summed (RSS counts
 the pages they share once per process, PSS splits them), sampled every 0.2 s while :func:`write_beton`
@@ -47,6 +49,26 @@ class PlainDataset:
         return Image.open(self.paths[index]).convert("RGB"), self.labels[index]
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (FFCV's workers, reaped first)."""
+    import multiprocessing
+    import resource
+
+    while multiprocessing.active_children():  # joins the workers that have ended
+        time.sleep(0.01)
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def timed(write, folder: Path, output: Path, workers: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the writer and its workers) of one write."""
+    cpu = cpu_seconds()
+    wall = write(folder, output, workers)
+    return wall, cpu_seconds() - cpu
+
+
 def write_ffcv(folder: Path, output: Path, workers: int) -> float:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -76,13 +98,17 @@ def speed(work: Path, workers: int, repeats: int) -> dict:
     for path in paths:  # warm the page cache for both
         path.read_bytes()
     times = {"ours": [], "ffcv": []}
+    cpus = {"ours": [], "ffcv": []}
+    writers = {"ours": write_ours, "ffcv": write_ffcv}
     outputs = {"ours": work / "ours.beton", "ffcv": work / "ffcv.beton"}
     for _ in range(repeats):
-        times["ffcv"].append(write_ffcv(folder, outputs["ffcv"], workers))
-        outputs["ffcv"].unlink()
-        times["ours"].append(write_ours(folder, outputs["ours"], workers))
-    write_ffcv(folder, outputs["ffcv"], workers)  # kept for its size
+        for name in ("ffcv", "ours"):
+            outputs[name].unlink(missing_ok=True)
+            wall, cpu = timed(writers[name], folder, outputs[name], workers)
+            times[name].append(wall)
+            cpus[name].append(cpu)
     rates = {name: len(paths) / min(seconds) for name, seconds in times.items()}
+    cpu_ms = {name: min(seconds) * 1e3 / len(paths) for name, seconds in cpus.items()}
     return {
         "benchmark": "write_speed",
         "images": len(paths),
@@ -92,7 +118,12 @@ def speed(work: Path, workers: int, repeats: int) -> dict:
         "ratio": round(rates["ours"] / rates["ffcv"], 3),
         "ours_ms_per_image_per_core": round(workers * 1e3 / rates["ours"], 2),
         "ffcv_ms_per_image_per_core": round(workers * 1e3 / rates["ffcv"], 2),
-        "imagenet_1k_hours_per_core_projected": round(1_281_167 * workers / rates["ours"] / 3600, 2),
+        "ours_cpu_ms_per_image": round(cpu_ms["ours"], 2),
+        "ffcv_cpu_ms_per_image": round(cpu_ms["ffcv"], 2),
+        "cpu_ratio": round(cpu_ms["ffcv"] / cpu_ms["ours"], 3),
+        # projections for ImageNet-1k's 1,281,167 training images, if they cost what these do
+        "imagenet_1k_core_hours_projected_wall": round(1_281_167 * workers / rates["ours"] / 3600, 2),
+        "imagenet_1k_core_hours_projected_cpu": round(1_281_167 * cpu_ms["ours"] / 1e3 / 3600, 2),
         "ours_mib": round(outputs["ours"].stat().st_size / 2**20, 2),
         "ffcv_mib": round(outputs["ffcv"].stat().st_size / 2**20, 2),
         "seconds": {name: [round(s, 2) for s in seconds] for name, seconds in times.items()},
