@@ -1007,8 +1007,9 @@ class _WorkerWatch:
                 self.signalled = signum
             if self.stop.is_set() or _inside_fork(frame):
                 # Raised while FFCV starts a worker, the exception would be swallowed by an at-fork
-                # callback or leave a worker unknown to us (it would recreate the partial file): the
-                # watcher thread signals again once the fork is done. Once stopping, __exit__ decides.
+                # callback or leave a worker unknown to us (it would recreate the partial file); raised
+                # in a queue's put, it could leave the queue's lock held: the watcher thread signals
+                # again once out of these. Once stopping, __exit__ decides.
                 return
             if self.signalled is not None:
                 raise WriteInterrupted(self.signalled)
@@ -1113,14 +1114,23 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-# Where multiprocessing starts a process (and runs its at-fork callbacks); waiting on a queue, a lock or a
-# connection is not in these, so an exception raised there ends the wait.
+# Where multiprocessing starts a process (and runs its at-fork callbacks), and where a queue's put() holds
+# its buffer's lock or starts its feeder thread (an exception raised there can leave that lock held, and
+# the exit then waits on it forever: FFCV puts every chunk before it starts its workers, so a signal right
+# at the start of a write lands there); waiting on a queue (get), a lock or a connection is not in these,
+# so an exception raised there ends the wait.
 _FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py"}
-_FORK_FUNCTIONS = {("process.py", "start"), ("process.py", "_bootstrap"), ("util.py", "_run_after_forkers")}
+_FORK_FUNCTIONS = {
+    ("process.py", "start"),
+    ("process.py", "_bootstrap"),
+    ("util.py", "_run_after_forkers"),
+    ("queues.py", "put"),
+    ("queues.py", "_start_thread"),
+}
 
 
 def _inside_fork(frame) -> bool:
-    """Whether ``frame`` runs inside multiprocessing's start of a process."""
+    """Whether ``frame`` runs inside multiprocessing's start of a process or a queue's put."""
     while frame is not None:
         code = frame.f_code
         if "multiprocessing" in code.co_filename:

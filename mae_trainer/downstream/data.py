@@ -62,7 +62,7 @@ class BetonSource(ImageSource):
         return Image.fromarray(pixels)
 
     def drop_unreadable(self, num_workers: int) -> None:
-        return  # written by write-dataset, which probed every image
+        return  # written by write-dataset, which checked every image
 
 
 def open_labelled(
