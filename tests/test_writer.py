@@ -321,35 +321,53 @@ def test_odd_images_are_written_or_listed_never_dropped(odd_folder, tmp_path):
     assert error_upright < 8 < 20 < error_sideways, (error_upright, error_sideways)
 
 
-class VanishingSource:
-    """An ImageFolder whose first file disappears after the probe, as on a flaky network file system:
-    the read then fails inside one of FFCV's writer processes."""
+def test_a_file_that_vanishes_mid_write_is_skipped_and_never_reaches_the_file(jpeg_folder, tmp_path):
+    """Images are checked in the pass that writes them (no probe pass): a file gone by then, as on a flaky
+    network file system, is listed as skipped, and the .beton holds the others only, renumbered in order."""
+    import shutil
+
+    from ffcv.reader import Reader
+
+    folder = tmp_path / "src"
+    shutil.copytree(jpeg_folder, folder)
+    source = image_folder_source(folder)
+    gone = [source.paths[source.order[i]] for i in (0, 5)]
+    kept = [source.paths[item] for item in source.order if source.paths[item] not in gone]
+    for path in gone:
+        path.unlink()
+    out = tmp_path / "out" / "data.beton"
+    summary = write_beton(source, out, WriteSettings(num_workers=2))
+    assert summary["count"] == len(kept) == len(source) and summary["jpeg"] == len(kept)
+    skipped = {e["file"]: e["reason"] for e in summary["skipped"]}
+    assert set(skipped) == {str(p) for p in gone} and "FileNotFoundError" in skipped[str(gone[0])]
+    reader = Reader(str(out))
+    assert reader.num_samples == len(kept) and sorted(reader.alloc_table["sample_id"].tolist()) == list(
+        range(len(kept))
+    )
+    widths = reader.metadata["f0"]["width"].tolist()
+    expected = [Image.open(p).size[0] for p in kept]
+    assert widths == expected and min(widths) > 8  # no placeholder left
+    assert len(read_images(out)) == len(kept)  # FFCV's loader reads every sample
+
+
+class UnencodableLabels:
+    """A source whose labels FFCV's IntField cannot store: FFCV's worker raises outside ``__getitem__``."""
 
     @staticmethod
     def make(folder):
         source = image_folder_source(folder)
-        probe_all = source.drop_unreadable
-
-        def drop_unreadable(num_workers):
-            probe_all(num_workers)
-            source.paths[source.order[0]].unlink()
-
-        source.drop_unreadable = drop_unreadable
+        source.labels = ["not a number"] * len(source.labels)
         return source
 
 
 def test_a_failing_writer_worker_ends_the_write_with_a_clear_error(jpeg_folder, tmp_path):
-    import shutil
-
     from mae_trainer.errors import TrainingError
 
-    folder = tmp_path / "src"
-    shutil.copytree(jpeg_folder, folder)
     out = tmp_path / "out" / "data.beton"
     with pytest.raises(TrainingError) as caught:
-        write_beton(VanishingSource.make(folder), out, WriteSettings(num_workers=2))
+        write_beton(UnencodableLabels.make(jpeg_folder), out, WriteSettings(num_workers=2))
     message = str(caught.value)
-    assert f"writing {out} failed" in message and "img_0.jpg: FileNotFoundError" in message
+    assert f"writing {out} failed: a writer worker process failed: ValueError" in message
     assert "nothing was written" in message
     assert not out.parent.exists()  # no output, no hidden partial file, not even the folder made for them
     import multiprocessing
@@ -480,3 +498,19 @@ def test_sigterm_ends_a_write_waiting_on_its_workers(jpeg_folder, tmp_path):
                 pytest.fail("SIGTERM did not end the wait")
     assert caught.value.exit_status == 143 and time.monotonic() - start < 10
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_source_with_no_readable_image_writes_nothing(tmp_path):
+    """Found out in the writing pass now: the write is refused in one line and leaves no file."""
+    from mae_trainer.errors import InputError
+
+    folder = tmp_path / "src" / "a"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"broken_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    out = tmp_path / "out" / "data.beton"
+    with pytest.raises(
+        InputError, match=r"none of the images can be read \(first: .*broken_0.jpg: unreadable"
+    ):
+        write_beton(image_folder_source(tmp_path / "src"), out, WriteSettings(num_workers=2))
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []

@@ -3,12 +3,14 @@
 The defaults follow the DailyMAE authors (and FFCV's ImageNet example): longest side 500 px, JPEG quality
 90, so that crop decode has JPEG samples to work on and RandomResizedCrop rarely enlarges.
 
-Every image is probed first (FFCV's writer hangs forever when one of its workers raises), oriented by its
-EXIF tag, converted to RGB and resized here, so nothing that can fail reaches FFCV; should a worker fail
-anyway, or the process get SIGTERM/Ctrl-C, the write stops with a clear error. The output appears under its
-final name only once it is complete: FFCV writes into a hidden file beside it, renamed at the end and
-removed on any error or signal. A sidecar ``FILE.beton.json`` records what was written (count, JPEG and raw
-samples, classes, settings, skipped files with the reason).
+Every image is decoded once: in FFCV's writer workers, checked, oriented by its EXIF tag, converted to RGB
+and resized here, so nothing that can fail reaches FFCV (whose writer hangs forever when one of its workers
+raises). An image that cannot be written (unreadable, truncated, too small) is replaced by a tiny placeholder
+that is removed from the file's tables once FFCV is done: the file holds only the images kept, and the
+sidecar lists the others. Should a worker fail anyway, or the process get SIGTERM/Ctrl-C, the write stops
+with a clear error. The output appears under its final name only once it is complete: FFCV writes into a
+hidden file beside it, renamed at the end and removed on any error or signal. A sidecar ``FILE.beton.json``
+records what was written (count, JPEG and raw samples, classes, settings, skipped files with the reason).
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def load_for_writing(image: Image.Image, max_side: int | None) -> np.ndarray:
     if image.format == "JPEG" and target != (width, height):
         swapped = image.size != (width, height)
         image.draft("RGB", target[::-1] if swapped else target)
-    array = to_rgb(ImageOps.exif_transpose(image))
+    if image.getexif().get(0x0112, 1) not in (0, 1):  # exif_transpose copies even an upright image
+        image = ImageOps.exif_transpose(image)
+    array = to_rgb(image)
     if (array.shape[1], array.shape[0]) != target:
         array = np.asarray(Image.fromarray(array).resize(target, Image.Resampling.BOX))
     return array
@@ -113,42 +117,42 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"))
+    # convert() copies even an image already RGB (a large share of a write's time)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def probe(open_image, max_side: int | None = None) -> str | None:
-    """Why an image cannot be written (unreadable, truncated, too small, too elongated to keep
-    ``MIN_SIDE`` pixels at ``max_side``), or None when it can.
-
-    JPEGs are decoded at 1/8 scale (DCT scaling): every entropy-coded byte is still read, so corrupt and
-    truncated files fail here, at a fraction of a full decode's cost.
-    """
-    try:
-        with open_image() as image:
-            width, height = oriented_size(image)
-            if min(width, height) < MIN_SIDE:
-                return f"too small ({width}x{height}, minimum side {MIN_SIDE})"
-            stored = stored_size(width, height, max_side)
-            if min(stored) < MIN_SIDE:
-                return (
-                    f"too elongated ({width}x{height} would be stored as {stored[0]}x{stored[1]} at "
-                    f"--max-resolution {max_side}; minimum side {MIN_SIDE})"
-                )
-            if image.format == "JPEG":
-                image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
-            image.load()
-    except Image.DecompressionBombError as err:
-        return f"too large for PIL's decompression-bomb limit ({err})"
-    except Exception as err:  # PIL raises many types for bad files
-        return f"unreadable: {type(err).__name__}: {err}"
+def size_problem(image: Image.Image, max_side: int | None) -> str | None:
+    """Why an opened image is too small or too elongated to keep ``MIN_SIDE`` pixels at ``max_side``, or
+    None (reads the header only)."""
+    width, height = oriented_size(image)
+    if min(width, height) < MIN_SIDE:
+        return f"too small ({width}x{height}, minimum side {MIN_SIDE})"
+    stored = stored_size(width, height, max_side)
+    if min(stored) < MIN_SIDE:
+        return (
+            f"too elongated ({width}x{height} would be stored as {stored[0]}x{stored[1]} at "
+            f"--max-resolution {max_side}; minimum side {MIN_SIDE})"
+        )
     return None
 
 
-_PROBED = None  # the ImageSource being probed, inherited by the forked probe workers
+def unreadable_reason(err: Exception) -> str:
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too large for PIL's decompression-bomb limit ({err})"
+    return f"unreadable: {type(err).__name__}: {err}"
 
 
-def _probe_index(item: int) -> str | None:
-    return probe(lambda: _PROBED.open(item), _PROBED.max_side)
+def prepare(open_image, max_side: int | None) -> tuple[np.ndarray | None, str | None]:
+    """``(the array stored, None)`` for a writable image, ``(None, why not)`` for one that is unreadable,
+    truncated, too small or too elongated: the single decode of the write pass, which never raises."""
+    try:
+        with open_image() as image:
+            reason = size_problem(image, max_side)
+            if reason is not None:
+                return None, reason
+            return load_for_writing(image, max_side), None
+    except Exception as err:  # PIL raises many types for bad files
+        return None, unreadable_reason(err)
 
 
 class ImageSource:
@@ -165,6 +169,7 @@ class ImageSource:
         self.skipped: list[dict] = []
         self.max_side: int | None = None  # longest side stored (set by write_beton)
         self._failure_file: Path | None = None  # where a writer worker reports a failure (write_beton)
+        self._skips: _Skips | None = None  # where writer workers record the items they skip (write_beton)
         self._writer_pid = -1
 
     def open(self, item: int) -> Image.Image:
@@ -178,17 +183,31 @@ class ImageSource:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int] | tuple[np.ndarray]:
         item = self.order[index]
-        try:
+        if self._skips is None or os.getpid() == self._writer_pid:  # not in an FFCV writer worker
             with self.open(item) as image:
                 array = load_for_writing(image, self.max_side)
-            return (array, self.labels[item]) if self.labelled else (array,)
+        else:
+            array, reason = prepare(lambda: self.open(item), self.max_side)
+            if array is None:
+                # An exception here would leave FFCV's writer waiting forever: the worker writes a tiny
+                # placeholder instead, which write_beton removes from the file once FFCV is done.
+                self._record_skip(index, item, reason)
+                array = np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8)
+        return (array, self.labels[item]) if self.labelled else (array,)
+
+    def _record_skip(self, index: int, item: int, reason: str) -> None:
+        try:
+            self._skips.flag(index)
+            line = json.dumps({"index": int(index), "file": self.describe(item), "reason": reason}) + "\n"
+            os.write(self._skips.log.fileno(), line.encode())  # one append: whole lines from every worker
         except Exception as err:
-            if self._failure_file is None or os.getpid() == self._writer_pid:
-                raise
-            # In an FFCV writer worker: an exception there would leave the writer waiting forever. Report
-            # it to the writing process (which watches for this file) and end this worker.
+            # Cannot even record it (e.g. no room for the log): report it to the writing process (which
+            # watches for this file) and end this worker.
             self._failure_file.write_text(f"{self.describe(item)}: {type(err).__name__}: {err}")
             os._exit(1)
+
+    def ready(self) -> None:
+        """Called by :func:`write_beton` before the write: make ``len`` and ``order`` final."""
 
     def select(self, limit: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
         """Keep a seeded subset of ``round(fraction * len)`` items (at least one), at most ``limit``,
@@ -224,27 +243,6 @@ class ImageSource:
         counts = np.bincount([self.labels[item] for item in self.order], minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, counts)}
 
-    def drop_unreadable(self, num_workers: int) -> None:
-        """Probe every item (in forked workers) and keep only the writable ones; the rest go to ``skipped``.
-        FFCV's writer hangs when a worker raises, so nothing that can fail may reach it."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        global _PROBED
-        _PROBED = self
-        try:
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
-                reasons = list(pool.map(_probe_index, self.order, chunksize=256))
-        finally:
-            _PROBED = None
-        self.skipped += [
-            {"file": self.describe(item), "reason": reason}
-            for item, reason in zip(self.order, reasons)
-            if reason is not None
-        ]
-        self.order = [item for item, reason in zip(self.order, reasons) if reason is None]
-
 
 class FolderSource(ImageSource):
     def __init__(self, name: str, classes: list[str], paths: list[Path], labels: list[int]):
@@ -267,9 +265,6 @@ class ArraySource(ImageSource):
 
     def open(self, item: int) -> Image.Image:
         return Image.fromarray(self.arrays[item])
-
-    def drop_unreadable(self, num_workers: int) -> None:
-        return
 
 
 class HFDatasetSource(ImageSource):
@@ -343,10 +338,10 @@ class StreamSource(ImageSource):
     WebDataset ``.tar`` shards), which has no random access and maybe no length.
 
     FFCV's writer needs an indexable source of known length (its forked workers call ``source[i]``), so the
-    stream is read exactly once, in :meth:`drop_unreadable` (which :func:`write_beton` calls before writing):
+    stream is read exactly once, in :meth:`ready` (which :func:`write_beton` calls before writing):
     each kept item's *encoded* image bytes are appended to an anonymous temporary spool file (in ``TMPDIR``;
-    deleted by the OS when the process ends, whatever happens) and its label recorded; then the items are
-    probed in forked workers like any other source, and the writer's workers read them back by offset
+    deleted by the OS when the process ends, whatever happens) and its label recorded; then the writer's
+    workers read them back by offset, each checked as it is written like any other source's
     (``os.pread``: no shared file position). Nothing is converted to Arrow and nothing lands in the
     ``datasets`` cache; the spool needs the images' compressed size on disk, never a decoded copy.
 
@@ -383,11 +378,11 @@ class StreamSource(ImageSource):
 
     def __len__(self) -> int:
         if not self.read:
-            raise TypeError(f"{self.name}: a stream has no length before it is read (drop_unreadable)")
+            raise TypeError(f"{self.name}: a stream has no length before it is read (ready)")
         return len(self.order)
 
     def select(self, limit: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
-        """Recorded, and applied while the stream is read (:meth:`drop_unreadable`)."""
+        """Recorded, and applied while the stream is read (:meth:`ready`)."""
         if self.read:
             super().select(limit, fraction, seed)
             return
@@ -453,12 +448,11 @@ class StreamSource(ImageSource):
         self.order = list(range(len(labels)))
         self.read = True
 
-    def drop_unreadable(self, num_workers: int) -> None:
+    def ready(self) -> None:
         if not self.read:
             self._read_stream()
             if not self.order:
                 raise InputError(f"{self.name}: the stream holds no items", "source")
-        super().drop_unreadable(num_workers)
 
     def open(self, item: int) -> Image.Image:
         import io
@@ -779,13 +773,7 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
     for stale in remove_stale_partials(output, suffixes=("", ".json")):
         print(f"removed {stale}: left by an earlier write whose process is gone", file=sys.stderr)
     source.max_side = settings.max_resolution
-    source.drop_unreadable(settings.num_workers)
-    if len(source) == 0:
-        raise InputError(
-            f"{source.name}: none of the images can be read "
-            f"(first: {source.skipped[0]['file']}: {source.skipped[0]['reason']})",
-            "source",
-        )
+    source.ready()
     fields = {
         "image": RGBImageField(
             write_mode=settings.write_mode,
@@ -798,15 +786,20 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
         fields["label"] = IntField()
     start = time.perf_counter()
     writer = None
+    source._skips = skips = _Skips(len(source))
     try:
         # the watch ends the workers before the partial file is removed (they could write it again)
         with publishing(output) as partial, _WorkerWatch(source, output, partial) as watch:
-            writer = DatasetWriter(str(partial), fields, num_workers=settings.num_workers)
+            writer = _skipping_writer(DatasetWriter, source)(
+                str(partial), fields, num_workers=settings.num_workers
+            )
             writer.from_indexed_dataset(source, chunksize=64)
             watch.finished()
     except OSError as err:
         raise InputError(f"{output}: cannot write ({err.strerror}: {err.filename})", "output") from None
     finally:
+        source._skips = None
+        skips.log.close()
         _release_shared_memory(writer)
     summary = {
         "file": output.name,
@@ -824,6 +817,64 @@ def write_beton(source: ImageSource, output: Path, settings: WriteSettings, over
     sidecar = output.with_name(output.name + ".json")
     publish_text(sidecar, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class _Skips:
+    """Where FFCV's writer workers record the items they replaced by a placeholder: a flag per sample in
+    shared memory, and one JSON line per item (its file and why) in an anonymous temporary file."""
+
+    def __init__(self, count: int):
+        import tempfile
+
+        self.flags = multiprocessing.RawArray("B", max(count, 1))
+        self.log = tempfile.TemporaryFile(prefix="mae-trainer-skips-")
+        import fcntl
+
+        flags = fcntl.fcntl(self.log.fileno(), fcntl.F_GETFL)
+        fcntl.fcntl(self.log.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)  # whole lines from every worker
+
+    def flag(self, index: int) -> None:
+        self.flags[index] = 1
+
+    def entries(self) -> list[dict]:
+        """The skipped items recorded, in sample order."""
+        self.log.seek(0)
+        return sorted((json.loads(line) for line in self.log.read().splitlines()), key=lambda e: e["index"])
+
+
+def _skipping_writer(DatasetWriter, source: ImageSource):
+    """FFCV's ``DatasetWriter`` that, once its workers are done, drops the placeholders of the items they
+    skipped: their rows of the metadata table and their entries of the allocation table go, the other samples
+    are renumbered in order and the header's count is the samples kept (the placeholders' few bytes stay in
+    the data region, unreferenced). ``source`` then lists the skipped items and keeps the others only."""
+    from ffcv.types import ALLOC_TABLE_TYPE
+
+    class SkippingWriter(DatasetWriter):
+        def finalize(self, allocations):
+            skips = source._skips
+            bad = np.frombuffer(skips.flags, dtype=np.uint8)[: self.num_samples].astype(bool)
+            if bad.any():
+                entries = skips.entries()
+                source.skipped += [{"file": e["file"], "reason": e["reason"]} for e in entries]
+                source.order = [item for item, dropped in zip(source.order, bad) if not dropped]
+                if not source.order:
+                    raise InputError(
+                        f"{source.name}: none of the images can be read "
+                        f"(first: {entries[0]['file']}: {entries[0]['reason']})",
+                        "source",
+                    )
+                keep = ~bad
+                metadata = np.frombuffer(self.metadata_sm.buf, dtype=self.metadata_type)
+                metadata[: keep.sum()] = metadata[keep]  # rows past the count are never read
+                del metadata  # the shared memory cannot be closed while a view of it exists
+                table = np.array(allocations, dtype=ALLOC_TABLE_TYPE)
+                table = table[keep[table["sample_id"]]]
+                table["sample_id"] = (np.cumsum(keep) - 1)[table["sample_id"]]
+                allocations = table.tolist()
+                self.header["num_samples"] = int(keep.sum())
+            super().finalize(allocations)
+
+    return SkippingWriter
 
 
 def stored_formats(path: Path) -> dict:
@@ -1007,8 +1058,11 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-# Where multiprocessing starts a process (and runs its at-fork callbacks); waiting on a queue, a lock or a
-# connection is not in these, so an exception raised there ends the wait.
+# Where multiprocessing starts a process (and runs its at-fork callbacks), and where a queue's put() holds
+# its buffer's lock or starts its feeder thread (an exception raised there can leave that lock held, and
+# the exit then waits on it forever: FFCV puts every chunk before it starts its workers, so a signal right
+# at the start of a write lands there); waiting on a queue (get), a lock or a connection is not in these,
+# so an exception raised there ends the wait.
 _FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py"}
 _FORK_FUNCTIONS = {
     ("process.py", "start"),
@@ -1020,7 +1074,7 @@ _FORK_FUNCTIONS = {
 
 
 def _inside_fork(frame) -> bool:
-    """Whether ``frame`` runs inside multiprocessing's start of a process."""
+    """Whether ``frame`` runs inside multiprocessing's start of a process or a queue's put."""
     while frame is not None:
         code = frame.f_code
         if "multiprocessing" in code.co_filename:

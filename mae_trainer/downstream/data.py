@@ -61,9 +61,6 @@ class BetonSource(ImageSource):
         pixels = np.asarray(self.data[ptr : ptr + int(height) * int(width) * 3]).reshape(height, width, 3)
         return Image.fromarray(pixels)
 
-    def drop_unreadable(self, num_workers: int) -> None:
-        return  # written by write-dataset, which probed every image
-
 
 def open_labelled(
     path: Path,
