@@ -108,6 +108,38 @@ def report_to(value) -> str | None:
     return report_to_problem(value)
 
 
+def parse_value(kind: type, value: Any) -> Any:
+    """``value`` as a field of type ``kind`` (int, float, str, Path or bool): text as typed on a command line,
+    or a YAML scalar. Nothing is truncated or reinterpreted: ``2.7`` is not an int, ``true`` is not a number,
+    a number is not a path; ``2.0`` is the int 2. Raises ValueError saying what was expected."""
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"expected one value, not a {'list' if isinstance(value, list) else 'mapping'}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"expected {_KIND_NAMES.get(kind, kind.__name__)}, not {str(value).lower()}")
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"expected a whole number, not {value}")
+            return int(value)
+        return int(value)  # an int, or text: int("2.7") and int("abc") raise
+    if kind is float:
+        return float(value)
+    if kind is Path:
+        if not isinstance(value, (str, Path)):
+            raise ValueError("expected a path")
+        return Path(value)
+    if isinstance(value, float | int | str):
+        return kind(value)
+    raise ValueError(f"expected {_KIND_NAMES.get(kind, kind.__name__)}")
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", Path: "a path"}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What every command config shares: declarations, checks, recipe conversion."""
@@ -153,17 +185,10 @@ class RunConfig:
 
     @classmethod
     def convert(cls, name: str, value: Any) -> Any:
-        """A recipe file's value for field ``name``, converted and checked the way its flag would be."""
-        kind = cls.field_types()[name]
-        if value is None:
-            return None
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            return value
-        if isinstance(value, (list, dict)):
-            raise ValueError(f"expected one value, not a {'list' if isinstance(value, list) else 'mapping'}")
-        value = kind(value)
+        """Field ``name``'s value from a command line's text or a recipe file's YAML value, parsed and
+        checked the same way for both (:func:`parse_value`, then the field's choices). A recipe's ``null``
+        is left out by the reader: it means the default."""
+        value = parse_value(cls.field_types()[name], value)
         choices = cls.declaration(name).get("choices")
         if choices is not None and value not in choices:
             raise ValueError(f"choose one of {', '.join(map(str, choices))}")

@@ -150,6 +150,11 @@ def test_recipe_with_equals_sign_and_bad_recipe_values(demo_beton, tmp_path, out
     # once silently ignored: the run trained the base preset for 800 epochs
     args = parse_config(["pretrain", f"--recipe={recipe}", "--data", str(demo_beton)])
     assert (args.model, args.epochs, args.crop_decode) == ("tiny", 3, False)
+    # null means the default; a whole float is an int (once: `log_every: null` ended in a TypeError traceback
+    # after training started, `save_every: 0.5` silently turned checkpoints off, `seed: 1.9` became 1)
+    recipe.write_text("log-every: null\nepochs: null\nseed: 2.0\n")
+    args = parse_config(["pretrain", f"--recipe={recipe}", "--data", str(demo_beton)])
+    assert (args.log_every, args.epochs, args.seed) == (10, 800, 2) and isinstance(args.seed, int)
 
     for text, needles in [
         ("batch-size: abc\n", ("batch-size: 'abc' is not valid", "invalid literal")),
@@ -159,6 +164,10 @@ def test_recipe_with_equals_sign_and_bad_recipe_values(demo_beton, tmp_path, out
             ("interpolation: 'lanczos' is not valid", "choose one of bicubic, area"),
         ),
         ("crop-decode: maybe\n", ("crop-decode: 'maybe' is not valid", "expected true or false")),
+        ("save-every: 0.5\n", ("save-every: 0.5 is not valid", "expected a whole number, not 0.5")),
+        ("log-every: true\n", ("log-every: True is not valid", "expected a whole number, not true")),
+        ("mask-ratio: false\n", ("mask-ratio: False is not valid", "expected a number, not false")),
+        ("output-dir: 5\n", ("output-dir: 5 is not valid", "expected a path")),
         ("- just\n- a list\n", ("expected a mapping",)),
     ]:
         recipe.write_text(text)

@@ -3,7 +3,9 @@ read against the same declarations, and the one place that turns a bad value int
 
 Precedence: the config's defaults, then the recipe file (``--recipe FILE`` or ``--recipe=FILE``), then the
 flags given on the command line. Flags default to "not given" (``argparse.SUPPRESS``), so the namespace
-holds exactly what the user typed and the config is built once from ``{**recipe, **typed}``.
+holds exactly what the user typed and the config is built once from ``{**recipe, **typed}``. A flag's text
+and a recipe's value go through the same parse (:meth:`RunConfig.convert`: no truncation of ``2.7`` to 2, no
+``true`` as 1) and the same checks; a recipe's ``null`` means the setting's default.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, parse_value
 from ..errors import InputError, UsageError
 
 GROUP_TITLES = {
@@ -62,10 +64,23 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[RunConfig]) -
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
         else:
-            options.update(type=kind, metavar=meta.get("metavar"), choices=meta.get("choices"))
+            options.update(type=_FlagType(kind), metavar=meta.get("metavar"))
+            options.update(choices=meta.get("choices"))
             if field.default is not None:
                 options["help"] += f" (default: {field.default})"
         target.add_argument(flag(field.name), **options)
+
+
+class _FlagType:
+    """argparse's ``type`` for a field of type ``kind``: the parse a recipe's value goes through
+    (:func:`parse_value`; argparse checks the choices and names ``__name__`` in its message, ``invalid int
+    value: '2.7'``)."""
+
+    def __init__(self, kind: type):
+        self.kind, self.__name__ = kind, kind.__name__
+
+    def __call__(self, text: str):
+        return parse_value(self.kind, text)
 
 
 def read_recipe(path: Path, config: type[RunConfig]) -> dict:
@@ -83,6 +98,7 @@ def read_recipe(path: Path, config: type[RunConfig]) -> dict:
     unknown = sorted(set(settings) - known)
     if unknown:
         raise UsageError(f"--recipe {path}: unknown key(s) {', '.join(unknown)}")
+    settings = {key: value for key, value in settings.items() if value is not None}  # null: the default
     for key, value in settings.items():
         try:
             settings[key] = config.convert(key, value)

@@ -1063,11 +1063,12 @@ def _close_progress_bars() -> None:
 # the exit then waits on it forever: FFCV puts every chunk before it starts its workers, so a signal right
 # at the start of a write lands there); waiting on a queue (get), a lock or a connection is not in these,
 # so an exception raised there ends the wait.
-_FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py"}
+_FORK_FILES = {"popen_fork.py", "popen_forkserver.py", "popen_spawn_posix.py", "resource_tracker.py"}
 _FORK_FUNCTIONS = {
     ("process.py", "start"),
     ("process.py", "_bootstrap"),
     ("util.py", "_run_after_forkers"),
+    ("util.py", "spawnv_passfds"),  # the resource tracker's start (FFCV's first shared-memory block)
     ("queues.py", "put"),  # a queue's put holds its buffer's lock: raised there, the exit waits on it forever
     ("queues.py", "_start_thread"),
 }
@@ -1087,8 +1088,10 @@ def _inside_fork(frame) -> bool:
 
 def _release_shared_memory(writer) -> None:
     """FFCV's writer frees its shared-memory metadata block only on success."""
+    from multiprocessing import shared_memory
+
     memory = getattr(writer, "metadata_sm", None)
-    if memory is None:
+    if not isinstance(memory, shared_memory.SharedMemory):  # FFCV sets a placeholder int before creating it
         return
     try:
         memory.close()
