@@ -1,4 +1,5 @@
-"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``reconstruct``, ``export``, ``push``.
+"""``mae-trainer`` command line: ``write-dataset``, ``pretrain``, ``finetune``, ``probe``, ``push``,
+``reconstruct``, ``export``.
 
 ``accelerate launch -m mae_trainer pretrain ...`` runs the same entry point under the launcher.
 Bad input ends with one line ``mae-trainer: error: ...`` naming the flag or file, and exit status 2.

@@ -176,9 +176,6 @@ class ResolutionSchedule:
             return "steps"
         return "mask_ratio"
 
-    def resolutions(self) -> list[int]:
-        return [res for _, res in self.resolution_arguments()]
-
     def stage_epochs(self) -> list[int]:
         """The first epoch of every distinct stage (a ``linear`` ramp changes at most once per epoch)."""
         if self.kind == "steps":
@@ -205,9 +202,6 @@ class ResolutionSchedule:
             scaled_batch_size(self.batch_size, res, self.resolution) if self.scale_batch else self.batch_size
         )
         return Stage(resolution=res, mask_ratio=mask, batch_size=batch)
-
-    def max_resolution(self) -> int:
-        return max(self.resolutions())
 
     def to_dict(self) -> dict:
         return asdict(self)
