@@ -116,8 +116,8 @@ def _reconstruct(args: argparse.Namespace) -> None:
     with flagged("--data"):
         check_beton(args.data)
     _saved_model("--model", args.model)
+    from ..data.eval_loader import fixed_images
     from ..modeling import MAEForPreTraining
-    from ..training.pretrain import fixed_images
     from ..training.visualize import reconstruction_grid, save_png
 
     with flagged("--model"):

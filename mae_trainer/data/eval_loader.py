@@ -1,5 +1,6 @@
 """The evaluation loader: every sample once, in file order, centre-cropped (reconstruction grids, probes,
-fine-tune evaluation), and :func:`eval_shard`, one rank's share of an evaluation set.
+fine-tune evaluation), :func:`eval_shard`, one rank's share of an evaluation set, and :func:`fixed_images`,
+the images of a run's reconstruction grids.
 
 The training loader is :class:`mae_trainer.data.train_loader.ProgressiveLoader`."""
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .beton import check_beton
 
 
 def eval_shard(num_samples: int, rank: int, world: int) -> list[int]:
@@ -67,3 +70,13 @@ def eval_loader(
         pipelines=pipelines,
         indices=indices,
     )
+
+
+def fixed_images(data: Path, resolution: int, count: int):
+    """``count`` images spread evenly over ``data`` (so across classes), centre-cropped: the same ones in
+    every reconstruction grid of a run, so the grids show progress."""
+    total = check_beton(data)
+    spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
+    loader = eval_loader(data, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread)
+    images = next(iter(loader))[0]  # (images, labels), or (images,) for a file without labels
+    return images.clone()  # FFCV reuses its output buffers

@@ -177,6 +177,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     from accelerate.utils import set_seed
     from timm.optim import param_groups_weight_decay
 
+    from ..data.eval_loader import fixed_images
     from ..data.normalize import normalize, stats_tensor
     from ..data.train_loader import ProgressiveLoader
     from ..modeling import MAEConfig, MAEForPreTraining
@@ -355,21 +356,6 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             + (f"\nreconstruction: {output_dir / 'reconstruction.png'}" if recon_images is not None else "")
         )
     return output_dir
-
-
-def fixed_images(data: Path, resolution: int, count: int):
-    """``count`` images spread evenly over ``data`` (so across classes), centre-cropped: the same ones in
-    every reconstruction grid of a run, so the grids show progress."""
-    import numpy as np
-
-    from ..data.beton import check_beton
-    from ..data.eval_loader import eval_loader
-
-    total = check_beton(data)
-    spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
-    loader = eval_loader(data, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread)
-    images = next(iter(loader))[0]  # (images, labels), or (images,) for a file without labels
-    return images.clone()  # FFCV reuses its output buffers
 
 
 def log_reconstruction(engine, model, images) -> None:
