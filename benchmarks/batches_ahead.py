@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _photos import beton, photo_folder
 
-from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
 
 BASELINE = 2

@@ -29,7 +29,7 @@ import torch
 from _photos import beton, photo_folder
 
 from mae_trainer.data.batch_augment import BatchAugment, augment_seed
-from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
 from mae_trainer.downstream.data import LabelledImages, open_labelled, train_transform
 from mae_trainer.training.engine import keep_host_memory

@@ -355,7 +355,7 @@ def loader_child(args: argparse.Namespace) -> None:
     import torch
     from _photos import photo_folder
 
-    from mae_trainer.data.schedules import ResolutionSchedule
+    from mae_trainer.data.resolution import ResolutionSchedule
     from mae_trainer.data.train_loader import ProgressiveLoader
     from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from _photos import beton, photo_folder
 
-from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
 
 

@@ -20,7 +20,7 @@ from _photos import beton, photo_folder
 
 from mae_trainer import MAEConfig, MAEForPreTraining
 from mae_trainer.data.normalize import normalize, stats_tensor
-from mae_trainer.data.schedules import ResolutionSchedule, constant_visible_mask_ratio
+from mae_trainer.data.resolution import ResolutionSchedule, constant_visible_mask_ratio
 from mae_trainer.data.train_loader import ProgressiveLoader
 
 

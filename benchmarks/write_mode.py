@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _photos import photo_folder
 
-from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
 from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
 

@@ -539,7 +539,7 @@ class PretrainConfig(TrainingConfig):
             raise ConfigError(
                 "model", repr(self.model), f"unknown preset; choose one of {', '.join(_preset_names())}"
             )
-        from .data.schedules import check_side
+        from .data.resolution import check_side
 
         with about("resolution"):
             check_side(self.resolution, self.patch_size)

@@ -519,7 +519,7 @@ def test_raw_samples_take_the_stock_path(tmp_path):
 
 
 def test_progressive_loader_two_resolutions(photo_beton):
-    from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+    from mae_trainer.data.resolution import ResolutionSchedule, parse_steps
     from mae_trainer.data.train_loader import ProgressiveLoader
 
     schedule = ResolutionSchedule(

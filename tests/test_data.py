@@ -129,7 +129,7 @@ def test_existing_output_is_not_overwritten(jpeg_folder, tmp_path):
 
 
 def test_training_loader_yields_uint8_crops_of_each_image_once(demo_beton):
-    from mae_trainer.data.schedules import ResolutionSchedule, parse_steps
+    from mae_trainer.data.resolution import ResolutionSchedule, parse_steps
     from mae_trainer.data.train_loader import ProgressiveLoader
 
     schedule = ResolutionSchedule(kind="steps", resolution=96, batch_size=16, steps=parse_steps("0:64,1:96"))

@@ -12,7 +12,7 @@ import torch
 
 from mae_trainer.data.batch_augment import RA_OPS, BatchAugment, augment_seed
 from mae_trainer.data.eval_loader import eval_loader, eval_shard
-from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader, noise_seed
 
 SAMPLES = 40

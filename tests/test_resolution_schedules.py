@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mae_trainer.data.schedules import (
+from mae_trainer.data.resolution import (
     ResolutionSchedule,
     ScheduleError,
     Stage,
@@ -166,7 +166,7 @@ def test_batch_scaling_keeps_the_linear_lr_rule(tmp_path):
 def test_constant_visible_stages_keep_the_reference_token_count():
     """The model keeps the visible-token count a constant-visible stage stands for (at 48 px of a 64 px / 0.75
     reference: 4 of 9 patches; a ratio rounded to 0.5556 would keep int(9 × 0.4444) = 3)."""
-    from mae_trainer.data.schedules import constant_visible_mask_ratio
+    from mae_trainer.data.resolution import constant_visible_mask_ratio
     from mae_trainer.modeling.modeling_mae import kept_patches
 
     for side, reference, ratio, visible in [(48, 64, 0.75, 4), (160, 224, 0.75, 49), (192, 224, 0.75, 49)]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mae_trainer.data.schedules import ResolutionSchedule, parse_steps, whole_batches
+from mae_trainer.data.resolution import ResolutionSchedule, parse_steps, whole_batches
 from mae_trainer.data.train_loader import ProgressiveLoader
 
 NUM = 103  # odd on purpose: 2 ranks leave one sample out, and partial batches are dropped

@@ -108,7 +108,7 @@ def _probe(config) -> None:
 
 def _reconstruct(args: argparse.Namespace) -> None:
     from ..data.beton import check_beton
-    from ..data.schedules import check_side
+    from ..data.resolution import check_side
     from ..publish import check_output_dir
 
     with flagged("--output"):

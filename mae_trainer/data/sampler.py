@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ffcv.traversal_order.base import TraversalOrder
 
-from .schedules import whole_batches
+from .resolution import whole_batches
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

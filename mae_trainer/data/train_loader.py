@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .resolution import ResolutionSchedule, Stage
 from .sampler import ShardedSampler
-from .schedules import ResolutionSchedule, Stage
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError, FinetuneConfig, about, world_size
-from ..data.schedules import check_side, whole_batches
+from ..data.resolution import check_side, whole_batches
 from ..hub import check_push
 from ..provenance import PROVENANCE, license_of, origin_of, write_provenance
 from ..training.run_state import (

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ProbeConfig, about
-from ..data.schedules import check_side
+from ..data.resolution import check_side
 from .data import centre_crop_batches, open_labelled
 
 POOLS = ("cls", "avg")

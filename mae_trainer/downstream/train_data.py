@@ -141,7 +141,7 @@ class FFCVTrainData:
         self, path, items, *, resolution, patch_size, augment, batch_size, seed, accumulation, num_workers,
         device,
     ):  # fmt: skip
-        from ..data.schedules import ResolutionSchedule
+        from ..data.resolution import ResolutionSchedule
         from ..data.train_loader import ProgressiveLoader
 
         schedule = ResolutionSchedule(

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about, world_size
-from ..data.schedules import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
+from ..data.resolution import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
 from ..hub import check_push, push_run
 from ..provenance import origin_of, write_provenance
 from .init_from import check_init_from
