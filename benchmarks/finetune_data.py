@@ -7,7 +7,7 @@ of 64, mixed by timm's ``Mixup`` (mixup 0.8, cutmix 1.0, smoothing 0.1) in the m
 - ours: ``ProgressiveLoader`` over a jpg ``.beton`` written from those files (crop decode, bicubic,
   RandomResizedCrop scale 0.08–1, ``--workers`` decode threads), then :class:`BatchAugment` on the CPU
   batch in the main process;
-- baseline: ``downstream.data.LabelledImages`` + ``train_transform(224, "randaug", ...)`` (PIL) in a torch
+- baseline: ``data.labelled.LabelledImages`` + ``train_transform(224, "randaug", ...)`` (PIL) in a torch
   ``DataLoader`` with ``--workers`` processes.
 
 One warm-up epoch each (FFCV compiles its pipeline with numba then), then ``--rounds`` rounds of
@@ -29,9 +29,9 @@ import torch
 from _photos import beton, photo_folder
 
 from mae_trainer.data.batch_augment import BatchAugment, augment_seed
+from mae_trainer.data.labelled import LabelledImages, open_labelled, train_transform
 from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
-from mae_trainer.downstream.data import LabelledImages, open_labelled, train_transform
 from mae_trainer.training.engine import keep_host_memory
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

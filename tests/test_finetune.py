@@ -88,15 +88,15 @@ def test_auto_class_and_save_round_trip(pretrained, tmp_path):
 def test_augmentations_and_beton_reader(tmp_path, jpeg_folder):
     from PIL import Image
 
-    from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
-    from mae_trainer.downstream.data import (
+    from mae_trainer.data.labelled import (
         LabelledImages,
         ThreeAugment,
         eval_transform,
         open_labelled,
         train_transform,
     )
-    from mae_trainer.downstream.probe import stratified_split
+    from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+    from mae_trainer.training.feature_eval import stratified_split
 
     raw = tmp_path / "raw.beton"
     write_beton(image_folder_source(jpeg_folder), raw, WriteSettings(max_resolution=512, write_mode="raw"))

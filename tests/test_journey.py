@@ -29,7 +29,7 @@ def test_pretrain_push_finetune_from_the_hub_push_and_plain_pipeline(
 
     from mae_trainer import MAEForImageClassification
     from mae_trainer.data.demo import load_photo
-    from mae_trainer.downstream.data import eval_transform
+    from mae_trainer.data.labelled import eval_transform
 
     env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_XET": "1",
            "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}  # fmt: skip

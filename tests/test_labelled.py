@@ -1,4 +1,4 @@
-"""The one reader of labelled splits (``downstream/data.py``) on real files: a .beton written by our writer,
+"""The one reader of labelled splits (``data/labelled.py``) on real files: a .beton written by our writer,
 the ImageFolder of real JPEGs it came from and a saved Hugging Face dataset of the same JPEGs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from mae_trainer.data.labelled import centre_crop_batches, open_labelled
 from mae_trainer.downstream import finetune, probe
-from mae_trainer.downstream.data import centre_crop_batches, open_labelled
 from mae_trainer.errors import InputError
 
 from .test_probe import unlabelled_beton

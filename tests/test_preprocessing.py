@@ -1,5 +1,5 @@
 """One preprocessing story: the ``preprocessor_config.json`` we push makes ``AutoImageProcessor`` prepare an
-image the way our evaluation does (``downstream.data.eval_transform``, timm's: short side to
+image the way our evaluation does (``data.labelled.eval_transform``, timm's: short side to
 floor(size / 0.875), bicubic, centre crop, ImageNet mean/std), compared on real photos from scikit-image.
 
 Tolerance, measured: both resize with PIL's bicubic filter to the same size; transformers rounds the resized
@@ -22,7 +22,7 @@ from torchvision.transforms import functional as TF
 from transformers import AutoImageProcessor
 
 from mae_trainer import MAEConfig
-from mae_trainer.downstream.data import eval_transform
+from mae_trainer.data.labelled import eval_transform
 from mae_trainer.hub import image_processor_json
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field"]

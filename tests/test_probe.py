@@ -127,7 +127,7 @@ def test_probe_random_init_on_image_folder_with_val_fraction(shapes_data, capsys
 def test_extract_features_matches_between_beton_and_folder(shapes_data):
     """The .beton (FFCV centre crop) and ImageFolder (torchvision) paths feed the encoder the same pixels."""
     from mae_trainer import MAEModel
-    from mae_trainer.downstream.data import centre_crop_batches, open_labelled
+    from mae_trainer.data.labelled import centre_crop_batches, open_labelled
 
     encoder = MAEModel.from_pretrained(shapes_data / "model")
     beton_data = open_labelled(shapes_data / "train.beton")

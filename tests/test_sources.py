@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mae_trainer.data.labelled import open_labelled
 from mae_trainer.data.write import expand_braces
-from mae_trainer.downstream.data import open_labelled
 
 from .conftest import ROOT, TOKEN, run_main
 

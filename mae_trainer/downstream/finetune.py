@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError, FinetuneConfig, about, world_size
+from ..data.labelled import BetonSource, open_labelled
 from ..data.resolution import check_side, whole_batches
 from ..hub import check_push
 from ..provenance import PROVENANCE, license_of, origin_of, write_provenance
@@ -42,7 +43,6 @@ from ..training.run_state import (
     recipe_of,
     total_steps,
 )
-from .data import BetonSource, open_labelled
 
 EMA_DIR = "ema"
 RESULTS = "results.json"
@@ -55,7 +55,7 @@ class Plan:
 
     run: RunState  # the resume contract (layout included)
     resume: ResumePoint | None
-    source: object  # the training split (downstream.data.ImageSource)
+    source: object  # the training split (data.labelled.ImageSource)
     val_source: object  # the held-out split (the training split itself with --val-fraction)
     train: list[int]  # positions in source.order
     val: list[int]  # positions in val_source.order
@@ -76,7 +76,7 @@ class Plan:
 
 
 def open_split(config: FinetuneConfig, key: str, train=None):
-    """:func:`~mae_trainer.downstream.data.open_labelled` for ``train`` or (with the training split
+    """:func:`~mae_trainer.data.labelled.open_labelled` for ``train`` or (with the training split
     ``train``) ``val``, whose classes must be the training split's."""
     path, split = (config.train, config.split) if train is None else (config.val, config.val_split)
     with about(key):
@@ -103,7 +103,7 @@ def check(config: FinetuneConfig, world: int) -> Plan:
     """Every check that needs no process group: fail before any model is built or image decoded. A resumed
     run is compared with its checkpoint's contract here, once."""
     from ..modeling.loading import resolve_saved_model
-    from .probe import stratified_split
+    from ..training.feature_eval import stratified_split
 
     layout, point = open_run(config, planned_layout(config, world))  # lock, checkpoint, layout
     with about("model"):
@@ -226,10 +226,10 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     from timm.data import Mixup
     from timm.optim import param_groups_layer_decay
 
+    from ..data.labelled import train_transform
     from ..training.engine import Engine, adamw
     from ..training.lifecycle import StopSignals
     from ..training.schedules import optimizer_steps_before, scaled_lr
-    from .data import train_transform
     from .train_data import FFCVTrainData, PILTrainData, eval_batches, keyed_rng, mix
 
     layout = plan.layout

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from ..data.batch_augment import augment_seed
+from ..data.labelled import BetonSource, LabelledImages, eval_transform
 from ..data.sampler import ShardedSampler
-from .data import BetonSource, LabelledImages, eval_transform
 
 RRC_SCALE_FINETUNE = (0.08, 1.0)  # timm's RandomResizedCrop scale, the MAE fine-tune's
 EVAL_CROP_RATIO = 0.875

@@ -45,7 +45,7 @@ _TOP_RENAMES = {
 }
 _STACKS = {"mae.blocks": "vit.layers", "decoder.blocks": "decoder.decoder_layers"}
 POS_TOLERANCE = 1e-5
-# The evaluation resize of mae_trainer.downstream.data.eval_transform (timm's, crop_pct 0.875): the short
+# The evaluation resize of mae_trainer.data.labelled.eval_transform (timm's, crop_pct 0.875): the short
 # side to floor(image_size / 0.875) with bicubic resampling, then the centre image_size square.
 EVAL_CROP_PCT = 0.875
 

@@ -2,7 +2,7 @@
 encoder on a labelled held-out ``.beton`` (and with ``--eval-linear`` the linear-probe top-1), every
 ``--eval-every`` epochs and when training ends, logged next to the loss.
 
-It reuses the probe command's pieces (``downstream/probe.py``: ``extract_features``, ``knn_top1``,
+It uses the probe command's pieces (``training/feature_eval.py``: ``extract_features``, ``knn_top1``,
 ``linear_probe_top1``, ``stratified_split``; the labelled reader ``open_labelled``; the FFCV centre-crop
 loader), and the choices are:
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, PretrainConfig
-from ..downstream.probe import extract_features, knn_top1, linear_probe_top1, open_split, stratified_split
+from .feature_eval import extract_features, knn_top1, linear_probe_top1, open_split, stratified_split
 
 QUERY_FRACTION = 0.2  # of each class: the queries; the rest is the feature bank
 POOL = "cls"  # the probe command's default (MAE's linear-probe feature)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from ..data.write import HFDatasetSource, ImageSource, image_folder_source, to_rgb
 from ..errors import InputError
+from .write import HFDatasetSource, ImageSource, image_folder_source, to_rgb
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # the reference MAE fine-tune's RandAugment policy
 
@@ -37,7 +37,7 @@ class BetonSource(ImageSource):
         from ffcv.reader import Reader
 
         from ..data.beton import check_beton
-        from ..data.write import read_summary
+        from .write import read_summary
 
         check_beton(path, labels=True)
         reader = Reader(str(path))
