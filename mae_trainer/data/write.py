@@ -1075,9 +1075,13 @@ _FORK_FUNCTIONS = {
 
 
 def _inside_fork(frame) -> bool:
-    """Whether ``frame`` runs inside multiprocessing's start of a process or a queue's put."""
+    """Whether ``frame`` runs inside multiprocessing's start of a process or a queue's put, or inside tqdm
+    (raised in the progress bar's close, after it drew the bar and before its newline, the error line
+    would follow the bar on the same line: a closed bar does not close again)."""
     while frame is not None:
         code = frame.f_code
+        if f"{os.sep}tqdm{os.sep}" in code.co_filename:
+            return True
         if "multiprocessing" in code.co_filename:
             name = os.path.basename(code.co_filename)
             if name in _FORK_FILES or (name, code.co_name) in _FORK_FUNCTIONS:
