@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import InputError
+from .report_to import report_to_problem, tracker_names
 
 
 class ConfigError(InputError):
@@ -102,9 +103,7 @@ def in_unit_interval(value) -> str | None:
 
 
 def report_to(value) -> str | None:
-    """A ``--report-to`` list: known trackers, each installed (``training/trackers.py``, import-light)."""
-    from .training.trackers import report_to_problem
-
+    """A ``--report-to`` list: known trackers, each installed (``report_to.py``, import-light)."""
     return report_to_problem(value)
 
 
@@ -374,7 +373,6 @@ class TrainingConfig(RunConfig):
 
     @property
     def trackers(self) -> tuple[str, ...]:
-        from .training.trackers import tracker_names
 
         return tracker_names(self.report_to)
 

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from mae_trainer.training.trackers import report_to_problem, wandb_run_id
+from mae_trainer.report_to import report_to_problem
+from mae_trainer.training.trackers import wandb_run_id
 
 from .conftest import BIN, ROOT, run_main, small_embedded_beton, wandb_offline_env
 
