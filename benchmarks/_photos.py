@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mae_trainer.data.demo import demo_samples
-from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+from mae_trainer.data.sources import image_folder_source
+from mae_trainer.data.write import WriteSettings, write_beton
 from mae_trainer.publish import publishing
 
 

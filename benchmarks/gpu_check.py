@@ -356,8 +356,9 @@ def loader_child(args: argparse.Namespace) -> None:
     from _photos import photo_folder
 
     from mae_trainer.data.resolution import ResolutionSchedule
+    from mae_trainer.data.sources import image_folder_source
     from mae_trainer.data.train_loader import ProgressiveLoader
-    from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     work, workers = Path(args.child_dir), cores()
     device = "cuda" if torch.cuda.is_available() else None  # the trainer's GPU path: ToDevice, pinned

@@ -257,7 +257,7 @@ def photo_crops(
 
 def shapes_source(images: Sequence[Image.Image], labels: Sequence[int], name: str = "shapes"):
     """The images as an in-memory source for :func:`mae_trainer.data.write.write_beton`."""
-    from mae_trainer.data.write import ArraySource
+    from mae_trainer.data.sources import ArraySource
 
     return ArraySource(name, list(SHAPES), [np.asarray(image) for image in images], list(labels))
 

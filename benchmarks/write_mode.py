@@ -23,8 +23,9 @@ from pathlib import Path
 from _photos import photo_folder
 
 from mae_trainer.data.resolution import ResolutionSchedule
+from mae_trainer.data.sources import image_folder_source
 from mae_trainer.data.train_loader import ProgressiveLoader
-from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+from mae_trainer.data.write import WriteSettings, write_beton
 
 
 def mixed_folder(work: Path) -> Path:

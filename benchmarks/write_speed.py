@@ -33,7 +33,8 @@ import numpy as np
 from _photos import photo_folder
 from PIL import Image
 
-from mae_trainer.data.write import ImageSource, WriteSettings, image_folder_source, write_beton
+from mae_trainer.data.sources import ImageSource, image_folder_source
+from mae_trainer.data.write import WriteSettings, write_beton
 
 
 class PlainDataset:

@@ -50,7 +50,8 @@ def tiny_pretrained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_beton(tmp_path_factory) -> Path:
     """The embedded demo set written once per session."""
-    from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
+    from mae_trainer.data.sources import embedded_source
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     path = tmp_path_factory.mktemp("beton") / "demo.beton"
     write_beton(embedded_source(), path, WriteSettings(max_resolution=128, write_mode="jpg"))
@@ -235,7 +236,8 @@ def weight_gap(a: Path, b: Path) -> float:
 
 def small_embedded_beton(folder: Path, limit: int, max_resolution: int) -> Path:
     """The first ``limit`` images of the embedded set as a jpg .beton (a few steps per epoch)."""
-    from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
+    from mae_trainer.data.sources import embedded_source
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     source = embedded_source()
     source.order = source.order[:limit]

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from mae_trainer.data.beton import check_beton
-from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+from mae_trainer.data.sources import image_folder_source
+from mae_trainer.data.write import WriteSettings, write_beton
 from mae_trainer.errors import InputError
 
 

@@ -95,7 +95,8 @@ def test_augmentations_and_beton_reader(tmp_path, jpeg_folder):
         open_labelled,
         train_transform,
     )
-    from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+    from mae_trainer.data.sources import image_folder_source
+    from mae_trainer.data.write import WriteSettings, write_beton
     from mae_trainer.training.feature_eval import stratified_split
 
     raw = tmp_path / "raw.beton"

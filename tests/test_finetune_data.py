@@ -22,7 +22,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 @pytest.fixture(scope="module")
 def id_beton(tmp_path_factory):
     """The first 40 images of the embedded set as a jpg .beton, each labelled with its own sample id."""
-    from mae_trainer.data.write import WriteSettings, embedded_source, write_beton
+    from mae_trainer.data.sources import embedded_source
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     source = embedded_source()
     source.order = source.order[:SAMPLES]

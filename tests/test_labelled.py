@@ -19,7 +19,8 @@ from .test_probe import unlabelled_beton
 @pytest.fixture(scope="module")
 def labelled_beton(tmp_path_factory, jpeg_folder):
     """``jpeg_folder`` written by our writer as raw pixels (so both decode paths see the same pixels)."""
-    from mae_trainer.data.write import WriteSettings, image_folder_source, write_beton
+    from mae_trainer.data.sources import image_folder_source
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     path = tmp_path_factory.mktemp("labelled") / "split.beton"
     write_beton(image_folder_source(jpeg_folder), path, WriteSettings(max_resolution=512, write_mode="raw"))

@@ -33,7 +33,8 @@ def data(tmp_path_factory):
     """``(training .beton: 160 images, 10 steps of 16 per epoch; held-out labelled .beton: 10 fresh crops of
     each of the 16 photos)``."""
     from mae_trainer.data.demo import class_names, demo_samples
-    from mae_trainer.data.write import ArraySource, WriteSettings, write_beton
+    from mae_trainer.data.sources import ArraySource
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     folder = tmp_path_factory.mktemp("online_eval")
     arrays, labels = [], []

@@ -20,7 +20,8 @@ NUM = 103  # odd on purpose: 2 ranks leave one sample out, and partial batches a
 def indexed_beton(tmp_path_factory):
     """103 real photo crops whose label is their own index, so every delivered sample is identifiable."""
     from mae_trainer.data.demo import demo_samples
-    from mae_trainer.data.write import ArraySource, WriteSettings, write_beton
+    from mae_trainer.data.sources import ArraySource
+    from mae_trainer.data.write import WriteSettings, write_beton
 
     arrays = [np.asarray(image) for image, _ in demo_samples(per_photo=7, min_side=64, max_side=96)][:NUM]
     source = ArraySource("indexed", ["x"], arrays, list(range(NUM)))

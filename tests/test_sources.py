@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from mae_trainer.data.labelled import open_labelled
-from mae_trainer.data.write import expand_braces
+from mae_trainer.data.streamed import expand_braces
 
 from .conftest import ROOT, TOKEN, run_main
 

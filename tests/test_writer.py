@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from mae_trainer.data.demo import load_photo
-from mae_trainer.data.write import WriteSettings, image_folder_source, resolve_source, write_beton
+from mae_trainer.data.sources import image_folder_source
+from mae_trainer.data.streamed import resolve_source
+from mae_trainer.data.write import WriteSettings, write_beton
 
 from .conftest import BIN, ROOT, output_tail, run_cli, run_main, wait_for
 from .test_cli import assert_one_line_error
@@ -483,13 +485,13 @@ def test_sigterm_ends_a_write_waiting_on_its_workers(jpeg_folder, tmp_path):
     import threading
     import time
 
-    from mae_trainer.data.write import WriteInterrupted, _WorkerWatch
+    from mae_trainer.data.write_watch import WorkerWatch, WriteInterrupted
 
     source = image_folder_source(jpeg_folder)
     before = signal.getsignal(signal.SIGTERM)
     waiting = multiprocessing.Queue()
     with pytest.raises(WriteInterrupted) as caught:
-        with _WorkerWatch(source, tmp_path / "x.beton", tmp_path / ".x.beton.partial-1"):
+        with WorkerWatch(source, tmp_path / "x.beton", tmp_path / ".x.beton.partial-1"):
             start = time.monotonic()
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
             try:

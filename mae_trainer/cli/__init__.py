@@ -19,7 +19,8 @@ from .flags import build_config, flagged, usage_message
 def _write_dataset(args: argparse.Namespace) -> None:
     import os
 
-    from ..data.write import WriteSettings, check_output, resolve_source, write_beton
+    from ..data.streamed import resolve_source
+    from ..data.write import WriteSettings, check_output, write_beton
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
@@ -141,7 +142,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..config import FinetuneConfig, PretrainConfig, ProbeConfig
-    from ..data.write import SOURCE_TYPES, WriteSettings
+    from ..data.streamed import SOURCE_TYPES
+    from ..data.write import WriteSettings
     from .flags import add_config_flags
 
     parser = argparse.ArgumentParser(prog="mae-trainer", description=__doc__.splitlines()[0])

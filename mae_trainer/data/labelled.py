@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from ..errors import InputError
-from .write import HFDatasetSource, ImageSource, image_folder_source, to_rgb
+from .sources import HFDatasetSource, ImageSource, image_folder_source, to_rgb
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # the reference MAE fine-tune's RandAugment policy
 
