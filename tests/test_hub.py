@@ -24,9 +24,10 @@ import yaml
 from PIL import Image
 
 from mae_trainer import MAEConfig, MAEForPreTraining
+from mae_trainer.cards import TAGS
 from mae_trainer.cli.push import add_push_arguments, run_push
 from mae_trainer.errors import InputError
-from mae_trainer.hub import TAGS, check_endpoint, collect_files, push_to_hub
+from mae_trainer.hub import check_endpoint, collect_files, push_to_hub
 from mae_trainer.modeling.convert import to_vit_mae
 
 from .conftest import (
@@ -580,7 +581,7 @@ def test_provenance_records_origin_license_and_datasets(
     card's ``base_model``; ``license_of`` reads a folder's or a Hub repo's card; unknown is None."""
     import huggingface_hub.constants
 
-    from mae_trainer.hub import build_model_card
+    from mae_trainer.cards import build_model_card
     from mae_trainer.provenance import license_of, origin_of, read_provenance, write_provenance
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))

@@ -22,8 +22,8 @@ from torchvision.transforms import functional as TF
 from transformers import AutoImageProcessor
 
 from mae_trainer import MAEConfig
+from mae_trainer.cards import image_processor_json
 from mae_trainer.data.labelled import eval_transform
-from mae_trainer.hub import image_processor_json
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field"]
 
