@@ -16,8 +16,9 @@ weights as they are (loading needs ``import mae_trainer``). Both add ``reconstru
 ``preprocessor_config.json`` that makes ``AutoImageProcessor`` prepare images as our evaluation does
 (``convert.image_processor``) and a model card ``README.md`` (from the config, ``metrics.jsonl``,
 ``results.json``, ``resolved_config.yaml`` and ``provenance.json``: ``base_model``, ``datasets``,
-``license``; written by :mod:`mae_trainer.cards`). Nothing else in the folder (``checkpoints/``, ``tensorboard/``, ...) is sent. After the
-commit the folder's ``provenance.json`` records ``pushed_to`` (:mod:`mae_trainer.provenance`).
+``license``; written by :mod:`mae_trainer.cards`). Nothing else in the folder (``checkpoints/``,
+``tensorboard/``, ...) is sent. After the commit the folder's ``provenance.json`` records ``pushed_to``
+(:mod:`mae_trainer.provenance`).
 
 The card declares ``library_name: transformers``: the Hub keys its library filter and "Use this model"
 snippet on it and only knows registered libraries; the ``mae_trainer`` tag marks our models. Its
