@@ -24,27 +24,10 @@ from pathlib import Path
 import torch
 
 from .configuration_mae import MAEConfig
-from .modeling_mae import MAEForPreTraining, sincos_pos_embed_2d
+from .modeling_mae import MAEForPreTraining
+from .pos_embed import sincos_pos_embed_2d
+from .vit_mae_format import mae_config_from_vit_mae, native_tables, our_state_from_vit_mae, qkv_keys, rename
 
-# Block sub-module names: ours (timm) → transformers vit_mae (5.x).
-_BLOCK_RENAMES = {
-    "norm1": "layernorm_before",
-    "attn.proj": "attention.o_proj",
-    "norm2": "layernorm_after",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_TOP_RENAMES = {
-    "mae.cls_token": "vit.embeddings.cls_token",
-    "mae.patch_embed.proj": "vit.embeddings.patch_embeddings.projection",
-    "mae.norm": "vit.layernorm",
-    "decoder.decoder_embed": "decoder.decoder_embed",
-    "decoder.mask_token": "decoder.mask_token",
-    "decoder.norm": "decoder.decoder_norm",
-    "decoder.pred": "decoder.decoder_pred",
-}
-_STACKS = {"mae.blocks": "vit.layers", "decoder.blocks": "decoder.decoder_layers"}
-POS_TOLERANCE = 1e-5
 # The evaluation resize of mae_trainer.data.labelled.eval_transform (timm's, crop_pct 0.875): the short
 # side to floor(image_size / 0.875) with bicubic resampling, then the centre image_size square.
 EVAL_CROP_PCT = 0.875
@@ -86,74 +69,16 @@ def vit_mae_config(config: MAEConfig):
     )
 
 
-def mae_config_from_vit_mae(hf_config) -> MAEConfig:
-    """Our ``MAEConfig`` for a ``ViTMAEConfig``; refuses what our blocks cannot express."""
-    if hf_config.hidden_act != "gelu":
-        raise ValueError(f"vit_mae hidden_act={hf_config.hidden_act!r}: only exact 'gelu' is supported")
-    if hf_config.hidden_dropout_prob or hf_config.attention_probs_dropout_prob:
-        raise ValueError("vit_mae dropout > 0 is not supported (MAE pre-training uses none)")
-    extra = {k: getattr(hf_config, k) for k in ("image_mean", "image_std") if hasattr(hf_config, k)}
-    return MAEConfig(
-        image_size=hf_config.image_size,
-        patch_size=hf_config.patch_size,
-        num_channels=hf_config.num_channels,
-        hidden_size=hf_config.hidden_size,
-        num_hidden_layers=hf_config.num_hidden_layers,
-        num_attention_heads=hf_config.num_attention_heads,
-        mlp_ratio=hf_config.intermediate_size / hf_config.hidden_size,
-        decoder_hidden_size=hf_config.decoder_hidden_size,
-        decoder_num_hidden_layers=hf_config.decoder_num_hidden_layers,
-        decoder_num_attention_heads=hf_config.decoder_num_attention_heads,
-        decoder_mlp_ratio=hf_config.decoder_intermediate_size / hf_config.decoder_hidden_size,
-        mask_ratio=hf_config.mask_ratio,
-        norm_pix_loss=bool(hf_config.norm_pix_loss),
-        layer_norm_eps=hf_config.layer_norm_eps,
-        qkv_bias=hf_config.qkv_bias,
-        initializer_range=hf_config.initializer_range,
-        **extra,
-    )
-
-
-def _rename(ours: str) -> str:
-    """Our state-dict key → the vit_mae key (for everything but the fused qkv)."""
-    for prefix, theirs in _STACKS.items():
-        if ours.startswith(prefix + "."):
-            index, rest = ours[len(prefix) + 1 :].split(".", 1)
-            module, leaf = rest.rsplit(".", 1)
-            return f"{theirs}.{index}.{_BLOCK_RENAMES[module]}.{leaf}"
-    module, leaf = ours.rsplit(".", 1) if ours.count(".") > 1 else (ours, "")
-    if module in _TOP_RENAMES:
-        return f"{_TOP_RENAMES[module]}.{leaf}" if leaf else _TOP_RENAMES[module]
-    return _TOP_RENAMES[ours]
-
-
-def _qkv_keys(ours: str) -> list[str] | None:
-    """Our fused ``...attn.qkv.{weight,bias}`` → the three vit_mae keys it splits into (q, k, v order);
-    ``None`` for every other key."""
-    if not (ours.endswith("attn.qkv.weight") or ours.endswith("attn.qkv.bias")):
-        return None
-    pattern = _rename(ours.replace("attn.qkv", "attn.proj")).replace("o_proj", "{}_proj")
-    return [pattern.format(name) for name in "qkv"]
-
-
-def _native_tables(config: MAEConfig) -> dict[str, torch.Tensor]:
-    grid = config.image_size // config.patch_size
-    return {
-        "vit.embeddings.position_embeddings": sincos_pos_embed_2d(config.hidden_size, grid, grid),
-        "decoder.decoder_pos_embed": sincos_pos_embed_2d(config.decoder_hidden_size, grid, grid),
-    }
-
-
 def to_vit_mae_state_dict(model: MAEForPreTraining) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in model.state_dict().items():
-        split = _qkv_keys(key)
+        split = qkv_keys(key)
         if split:
             for name, part in zip(split, value.chunk(3, dim=0)):
                 state[name] = part.clone()
         else:
-            state[_rename(key)] = value.clone()
-    state.update(_native_tables(model.config))
+            state[rename(key)] = value.clone()
+    state.update(native_tables(model.config))
     return state
 
 
@@ -209,19 +134,7 @@ def from_vit_mae(hf_model_or_dir) -> MAEForPreTraining:
         hf = ViTMAEForPreTraining.from_pretrained(hf_model_or_dir)
     config = mae_config_from_vit_mae(hf.config)
     model = MAEForPreTraining(config)
-    theirs = hf.state_dict()
-    for key, table in _native_tables(config).items():
-        gap = (theirs[key].float() - table).abs().max().item()
-        if gap > POS_TOLERANCE:
-            raise ValueError(f"{key} is not the fixed sin-cos table (max difference {gap:.2e})")
-    state = {}
-    for key in model.state_dict():
-        split = _qkv_keys(key)
-        if split:
-            state[key] = torch.cat([theirs[name] for name in split], dim=0)
-        else:
-            state[key] = theirs[_rename(key)]
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(our_state_from_vit_mae(hf.state_dict(), config), strict=True)
     return model.train(hf.training)
 
 
@@ -279,8 +192,8 @@ def _encoder_state(model, prefix: str, key_bias: bool) -> dict[str, torch.Tensor
     for key, value in model.state_dict().items():
         if not key.startswith("mae.") or key.startswith("mae.norm."):
             continue
-        split = _qkv_keys(key)
-        names, parts = (split, value.chunk(3, dim=0)) if split else ([_rename(key)], [value])
+        split = qkv_keys(key)
+        names, parts = (split, value.chunk(3, dim=0)) if split else ([rename(key)], [value])
         for name, part in zip(names, parts):
             if not key_bias and name.endswith("k_proj.bias"):
                 continue

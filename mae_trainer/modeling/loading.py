@@ -3,7 +3,7 @@
 Accepted: our ``save_pretrained`` folders (``model_type`` ``mae_trainer_mae``) and transformers ``vit_mae``
 folders (``ViTMAEForPreTraining``, e.g. ``facebook/vit-mae-base`` or what ``mae-trainer push`` uploads),
 locally or as Hub repo ids (downloaded into the Hugging Face cache). ``vit_mae`` weights are converted on
-load with :func:`mae_trainer.modeling.convert.from_vit_mae`.
+load with :func:`vit_mae_as_ours` (the ``vit_mae`` format as data, ``vit_mae_format.py``).
 
 Refused with one line that names the folder and what is wrong (:class:`ModelLoadError`): no folder, no
 ``config.json``, another ``model_type``, no or truncated safetensors weights, and weights that lack tensors
@@ -206,11 +206,14 @@ def _check_report(cls, spec: str, info: dict) -> None:
         raise ModelLoadError(f"{spec}: {len(mismatched)} tensor(s) have the wrong shape (first: {first})")
 
 
-def load_vit_mae(saved: SavedModel):
-    """Our ``MAEForPreTraining`` from a resolved ``vit_mae`` folder (every tensor present, tables sin-cos)."""
+def vit_mae_as_ours(saved: SavedModel, folder: Path) -> None:
+    """Write our ``MAEForPreTraining`` folder (config and weights) into ``folder`` from a resolved
+    ``vit_mae`` one (every tensor present, tables sin-cos): converted as data (``vit_mae_format.py``), so
+    that any of our classes then loads it."""
+    from safetensors.torch import save_file
     from transformers import ViTMAEForPreTraining
 
-    from .convert import from_vit_mae
+    from .vit_mae_format import mae_config_from_vit_mae, our_state_from_vit_mae
 
     try:
         with quiet_transformers():
@@ -219,9 +222,14 @@ def load_vit_mae(saved: SavedModel):
         raise ModelLoadError(f"{saved.spec}: cannot load as vit_mae ({_first_line(err)})") from None
     _check_report(ViTMAEForPreTraining, saved.spec, info)
     try:
-        return from_vit_mae(hf)
+        config = mae_config_from_vit_mae(hf.config)
+        state = our_state_from_vit_mae(hf.state_dict(), config)
     except (ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"{saved.spec}: cannot convert from vit_mae ({_first_line(err)})") from None
+    config.architectures = ["MAEForPreTraining"]
+    config.save_pretrained(folder)
+    tensors = {key: value.contiguous() for key, value in state.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_pretrained(cls, spec, *model_args, **kwargs):
@@ -249,9 +257,8 @@ def load_pretrained(cls, spec, *model_args, **kwargs):
     if saved.is_ours:
         model, info = load(saved.folder)
     else:
-        converted = load_vit_mae(saved)
         with tempfile.TemporaryDirectory(prefix="mae_trainer_vit_mae_") as tmp:
-            converted.save_pretrained(tmp)
+            vit_mae_as_ours(saved, Path(tmp))
             model, info = load(tmp)
     _check_report(cls, saved.spec, info)
     return (model, info) if want_info else model
