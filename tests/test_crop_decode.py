@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -313,6 +316,19 @@ def test_bicubic_vector_paths_give_the_portable_bytes():
     finally:
         native.set_simd(-1)
     print(f"vector paths checked: {native.SIMD_LEVELS[: best + 1]}")
+
+
+def test_simd_level_from_the_environment():
+    """``MAE_TRAINER_SIMD`` picks the path unless ``set_simd`` is called; a level the CPU lacks: the best."""
+    # the library alone, by ctypes (importing the package would take seconds: numba, FFCV, torch)
+    code = f"import ctypes; print(ctypes.CDLL({native._library_path()!r}).cropjpeg_simd())"
+    best = native.set_simd(-1)
+    for requested, expected in [("0", 0), ("9", best), ("", best)]:
+        env = {**os.environ, "MAE_TRAINER_SIMD": requested}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert int(done.stdout) == expected, requested
 
 
 @pytest.mark.parametrize("crop", [False, True], ids=["full_decode", "crop_decode"])
