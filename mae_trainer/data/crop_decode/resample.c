@@ -16,7 +16,9 @@
  * output pixel's centre mapped into the box; when shrinking by a factor s > 1 the kernel is stretched by s
  * (support 2s source pixels: a low-pass filter, like PIL's antialiasing), and weights are normalised to sum
  * 1. Only the source pixels the box touches are used — what torchvision's resized_crop sees after cropping —
- * so a crop decode (which decodes only those) gives the same result as a full decode.
+ * so a crop decode (which decodes only those) gives the same result as a full decode. It runs in Pillow's
+ * fixed-point arithmetic (see "Bicubic, in fixed point" below), with SSE4.1 or AVX2 when the CPU has them
+ * (chosen at run time; cropjpeg_set_simd or MAE_TRAINER_SIMD force a path), all paths giving the same bytes.
  */
 #include <math.h>
 #include <stdint.h>
