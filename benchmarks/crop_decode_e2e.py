@@ -16,6 +16,15 @@ Reported (one JSON line): the mean absolute gap between logged loss values of cr
 ``within_noise`` when the first is at most the second. Throughput: images/s over the run's log windows,
 the first window (numba compiles FFCV's pipeline then) left out; ``ratio`` = crop / full (seed 0).
 
+``--before TREE``: instead, the same crop-decode run (seed 0) with another source tree of the package
+first on ``PYTHONPATH`` (its ``_cropjpeg`` built in place) and then with this one, on the same data, in
+alternation (``--repeats`` pairs): ``ratio`` = images/s of this tree ÷ the other's (median over pairs). How
+the bicubic resampler's change was measured end to end::
+
+    mkdir /tmp/before && git archive main | tar -x -C /tmp/before
+    (cd /tmp/before && ../path/to/.venv/bin/python setup.py build_ext --inplace)
+    .venv/bin/python benchmarks/crop_decode_e2e.py --before /tmp/before --epochs 3
+
     .venv/bin/python benchmarks/crop_decode_e2e.py [--epochs 6] [--work DIR]
 """
 
@@ -47,7 +56,13 @@ def write_data(work: Path) -> Path:
     return path
 
 
-def pretrain(data: Path, out: Path, seed: int, crop_decode: bool, epochs: int) -> list[dict]:
+def pretrain(
+    data: Path, out: Path, seed: int, crop_decode: bool, epochs: int, tree: Path | None = None
+) -> list[dict]:
+    """One ``mae-trainer pretrain`` run; ``tree``: a source tree of the package to import instead."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
     flags = (
         f"--model tiny --resolution 160 --epochs {epochs} --warmup-epochs 1 --batch-size 64 --blr 5e-3 "
         f"--num-workers 2 --log-every 4 --recon-images 0 --seed {seed} --overwrite"
@@ -66,7 +81,7 @@ def pretrain(data: Path, out: Path, seed: int, crop_decode: bool, epochs: int) -
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        env=env,
     )
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -84,10 +99,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temp)")
+    parser.add_argument("--before", type=Path, help="source tree to compare this one with (see above)")
+    parser.add_argument("--repeats", type=int, default=1, help="--before: run pairs")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="crop_e2e_"))
     work.mkdir(parents=True, exist_ok=True)
     data = write_data(work)
+    if args.before is not None:
+        here = Path(__file__).resolve().parent.parent
+        before, after = [], []
+        for repeat in range(args.repeats):
+            before.append(pretrain(data, work / f"before_{repeat}", 0, True, args.epochs, args.before))
+            after.append(pretrain(data, work / f"after_{repeat}", 0, True, args.epochs, here))
+        rate_before = [throughput(run) for run in before]
+        rate_after = [throughput(run) for run in after]
+        line = {
+            "benchmark": "crop_decode_e2e_before_after",
+            "model": "tiny",
+            "resolution": 160,
+            "steps": after[0][-1]["step"],
+            "images_per_s_before": [round(rate, 1) for rate in rate_before],
+            "images_per_s_after": [round(rate, 1) for rate in rate_after],
+            "ratio": round(statistics.median(a / b for a, b in zip(rate_after, rate_before)), 3),
+            "final_loss_before": round(before[0][-1]["loss"], 4),
+            "final_loss_after": round(after[0][-1]["loss"], 4),
+            "loss_gap_after_vs_before": round(loss_gap(after[0], before[0]), 5),
+        }
+        print(json.dumps(line))
+        return
     full0 = pretrain(data, work / "full_seed0", 0, False, args.epochs)
     crop0 = pretrain(data, work / "crop_seed0", 0, True, args.epochs)
     full1 = pretrain(data, work / "full_seed1", 1, False, args.epochs)

@@ -59,6 +59,27 @@ ctypes_resize_bicubic = _lib.cropjpeg_resize_bicubic
 ctypes_resize_bicubic.argtypes = ctypes_resize_area.argtypes
 ctypes_resize_bicubic.restype = c_int
 
+_set_simd = _lib.cropjpeg_set_simd
+_set_simd.argtypes = [c_int]
+_set_simd.restype = c_int
+_simd = _lib.cropjpeg_simd
+_simd.argtypes = []
+_simd.restype = c_int
+
+SIMD_LEVELS = ("portable", "sse4.1", "avx2")
+
+
+def set_simd(level: int = -1) -> int:
+    """Vector instructions of the bicubic resampler, for the whole process: 0 portable C, 1 SSE4.1, 2 AVX2;
+    a level the CPU lacks, or -1, means the best it has. Every level gives the same bytes. Returns the level
+    now in use. Without a call, the first resize reads the environment variable ``MAE_TRAINER_SIMD``."""
+    return _set_simd(level)
+
+
+def simd() -> int:
+    """The bicubic resampler's level in use (see :func:`set_simd`)."""
+    return _simd()
+
 
 def crop_decode(source, height, width, y, x, h, w, out_h, out_w, scratch, region):
     """Decode crop ``(y, x, h, w)`` of the ``height x width`` JPEG ``source`` (bytes as uint8, to be resized
