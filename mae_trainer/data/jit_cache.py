@@ -31,10 +31,16 @@ import os
 import pickle
 import sys
 import types as pytypes
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from numba.core.errors import NumbaWarning
+
+# FFCV's own decoders (e.g. the centre crop of the evaluation loader) still call C through ctypes pointers:
+# numba compiles them as before and says, at every compile, that it cannot cache them. Expected: not shown.
+warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
 
 CACHE_ENV = "MAE_TRAINER_NUMBA_CACHE"
 _OFF = ("0", "off", "false", "no")
@@ -137,12 +143,16 @@ def _cache_classes():
 
         _impl_class = Impl
 
-        def _index_key(self, sig, codegen):
-            closure = hashlib.sha256()
-            for cell in self._py_func.__closure__ or ():
+        def __init__(self, py_func):
+            super().__init__(py_func)
+            closure = hashlib.sha256()  # the closure as it is now: FFCV's never change once built
+            for cell in py_func.__closure__ or ():
                 _hash_value(cell.cell_contents, closure)
+            self._closure_key = closure.hexdigest()
+
+        def _index_key(self, sig, codegen):
             code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-            return (sig, codegen.magic_tuple(), (code, closure.hexdigest()))
+            return (sig, codegen.magic_tuple(), (code, self._closure_key))
 
     return PipelineCache
 
@@ -154,7 +164,7 @@ def enable(dispatcher) -> None:
         return
     try:
         dispatcher._cache = _cache_classes()(dispatcher.py_func)
-    except RuntimeError:  # no locator: no source file, or the folder cannot be written
+    except Exception:  # no source file, a folder that cannot be written, a closure that cannot be keyed
         pass
 
 
