@@ -16,6 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def pytest_configure(config):
+    """One numba cache for the whole session (``mae_trainer/data/jit_cache.py``), inherited by every
+    process the tests launch: FFCV's pipeline is compiled once, not once per process. A fresh folder per
+    session unless ``MAE_TRAINER_NUMBA_CACHE`` is set (then that one, or none with ``off``)."""
+    if "MAE_TRAINER_NUMBA_CACHE" not in os.environ:
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="mae_trainer_numba_")
+        os.environ["MAE_TRAINER_NUMBA_CACHE"] = folder
+        config._mae_trainer_numba_cache = folder
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_mae_trainer_numba_cache", None)
+    if folder:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def jpeg_folder(tmp_path_factory) -> Path:
     """An ImageFolder tree of real JPEGs: 2 classes, odd sizes, quality 95."""

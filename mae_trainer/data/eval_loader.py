@@ -47,6 +47,7 @@ def eval_loader(
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
     from .beton import field_names
+    from .jit_cache import cached_pipeline
 
     if indices is not None:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -61,15 +62,16 @@ def eval_loader(
     }
     if "label" in field_names(path):
         pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
-    return Loader(
-        str(path),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        order=OrderOption.SEQUENTIAL,
-        drop_last=False,
-        pipelines=pipelines,
-        indices=indices,
-    )
+    with cached_pipeline():  # FFCV's pipeline from numba's on-disk cache (jit_cache.py)
+        return Loader(
+            str(path),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            order=OrderOption.SEQUENTIAL,
+            drop_last=False,
+            pipelines=pipelines,
+            indices=indices,
+        )
 
 
 def fixed_images(data: Path, resolution: int, count: int):

@@ -101,6 +101,7 @@ class ProgressiveLoader:
 
         from .augment import RRC_RATIO, RRC_SCALE, SeededRandomResizedCrop
         from .beton import field_names
+        from .jit_cache import cached_pipeline
 
         self.schedule = schedule
         scale = RRC_SCALE if scale is None else tuple(scale)
@@ -128,17 +129,18 @@ class ProgressiveLoader:
         self.labelled = "label" in field_names(path)  # a file written without labels: images only
         if self.labelled:
             pipelines["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
-        self.loader = Loader(
-            str(path),
-            batch_size=first.batch_size,
-            num_workers=num_workers,
-            order=self.sampler,
-            os_cache=os_cache,
-            batches_ahead=batches_ahead,
-            drop_last=True,
-            pipelines=pipelines,
-            indices=None if indices is None else np.asarray(indices, dtype=np.int64),
-        )
+        with cached_pipeline():  # FFCV's pipeline from numba's on-disk cache (jit_cache.py)
+            self.loader = Loader(
+                str(path),
+                batch_size=first.batch_size,
+                num_workers=num_workers,
+                order=self.sampler,
+                os_cache=os_cache,
+                batches_ahead=batches_ahead,
+                drop_last=True,
+                pipelines=pipelines,
+                indices=None if indices is None else np.asarray(indices, dtype=np.int64),
+            )
         self.set_stage(first)
         self.position = (0, 0)  # (epoch, batches consumed in it)
 

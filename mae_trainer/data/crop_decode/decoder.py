@@ -14,13 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
 from numba import njit
 
-from .native import REGION_FIELDS, crop_decode, resize_area, resize_bicubic
+from .native import REGION_FIELDS, crop_decode, imdecode, resize_area, resize_bicubic, resize_crop
 
 INTERPOLATIONS = ("bicubic", "area")
 
@@ -42,11 +41,12 @@ def compile_sample_decoder(interpolation: str = "area", crop: bool = True) -> Ca
     shrinking crop decode our area resampler on the exact (DCT-scaled, fractional) box; ``"bicubic"`` is our
     bicubic resampler (PIL's BICUBIC, antialiased) on the crop's pixels, the same for both decodes."""
     jpg = IMAGE_MODES["jpg"]
-    crop_decode_c = Compiler.compile(crop_decode)
-    resize_area_c = Compiler.compile(resize_area)
-    resize_bicubic_c = Compiler.compile(resize_bicubic)
-    imdecode_c = Compiler.compile(imdecode)
-    resize_crop_c = Compiler.compile(resize_crop)
+    # FFCV's compilation of the C wrappers' Python bodies (native.py's compiled ones serve Python callers)
+    crop_decode_c = Compiler.compile(crop_decode.py_func)
+    resize_area_c = Compiler.compile(resize_area.py_func)
+    resize_bicubic_c = Compiler.compile(resize_bicubic.py_func)
+    imdecode_c = Compiler.compile(imdecode.py_func)
+    resize_crop_c = Compiler.compile(resize_crop.py_func)
     bicubic = check_interpolation(interpolation) == "bicubic"
 
     def decode_sample(image_data, mode, height, width, i, j, h, w, scratch, region, output):
@@ -80,7 +80,7 @@ def compile_sample_decoder(interpolation: str = "area", crop: bool = True) -> Ca
             # what neither can decode comes out black, not as a previous sample's leftovers.
             if crop:
                 scratch[: 3 * height * width] = 0
-            imdecode_c(image_data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
+            imdecode_c(image_data, scratch, height, width)
             image = scratch[: 3 * height * width].reshape(height, width, 3)
         else:
             image = image_data.reshape(height, width, 3)

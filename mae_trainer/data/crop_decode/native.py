@@ -1,7 +1,13 @@
-"""ctypes binding of the C part (``cropjpeg.c``, ``resample.c``; built by ``setup.py`` as ``_cropjpeg``).
+"""Bindings of the C part (``cropjpeg.c``, ``resample.c``; built by ``setup.py`` as ``_cropjpeg``) and of
+FFCV's ``imdecode`` and ``resize`` (its ``_libffcv``) for code compiled by numba inside FFCV's pipeline.
 
-numba compiles calls to ctypes function pointers with declared ``argtypes`` in nopython mode, so the
-wrappers below are compiled into FFCV's pipeline the way FFCV's own ``imdecode`` and ``resize_crop`` are.
+The C functions are bound *by name* (``numba.types.ExternalFunction``), not as ctypes function pointers:
+numba embeds a ctypes pointer's address in the machine code, and refuses to cache such code on disk
+("uses dynamic globals"). Each function's address is registered with LLVM under a name of ours
+(``llvmlite.binding.add_symbol``, done at import, in every process), so the compiled code refers to the
+name and links in any process: FFCV's pipeline can come from numba's on-disk cache (``jit_cache.py``).
+The functions below are compiled (callable from Python too); the pipeline that calls them is cached
+whole, their code included.
 """
 
 from __future__ import annotations
@@ -9,6 +15,10 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 from ctypes import c_double, c_int, c_int64, c_uint64, c_void_p
+
+import ffcv._libffcv
+from llvmlite import binding
+from numba import njit, types
 
 # Return codes (cropjpeg.c, resample.c).
 OK = 0
@@ -35,6 +45,7 @@ def _library_path() -> str:
 
 
 _lib = ctypes.CDLL(_library_path())
+_ffcv = ctypes.CDLL(ffcv._libffcv.__file__)
 
 ctypes_crop_decode = _lib.cropjpeg_decode
 ctypes_crop_decode.argtypes = [
@@ -81,30 +92,81 @@ def simd() -> int:
     return _simd()
 
 
+def _external(name: str, function, signature) -> types.ExternalFunction:
+    """``function`` (a ctypes function of a loaded library) callable from numba by the name ``name``."""
+    binding.add_symbol(name, ctypes.cast(function, c_void_p).value)
+    return types.ExternalFunction(name, signature)
+
+
+# Pointers are passed as integers (``array.ctypes.data``): the same register as a ``void *``.
+_ptr, _i64, _u32, _u8, _f64 = types.uint64, types.int64, types.uint32, types.uint8, types.float64
+_c_crop_decode = _external(
+    "mae_trainer_cropjpeg_decode", ctypes_crop_decode,
+    types.int32(_ptr, types.uint64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, types.uint64, _ptr),
+)  # fmt: skip
+_resample_signature = types.int32(_ptr, _i64, _i64, _f64, _f64, _f64, _f64, _ptr, _i64, _i64)
+_c_resize_area = _external("mae_trainer_cropjpeg_resize_area", ctypes_resize_area, _resample_signature)
+_c_resize_bicubic = _external(
+    "mae_trainer_cropjpeg_resize_bicubic", ctypes_resize_bicubic, _resample_signature
+)
+# FFCV's (ffcv/libffcv.py declares the same argument types): imdecode(source, size, height, width, dst,
+# crop_height, crop_width, offset_x, offset_y, scale_num, scale_denom, enable_crop, do_flip) and
+# resize(interpolation, source, rows, cols, start_row, end_row, start_col, end_col, dst, rows, cols).
+_c_imdecode = _external(
+    "mae_trainer_ffcv_imdecode", _ffcv.imdecode,
+    types.int32(_ptr, types.uint64, _u32, _u32, _ptr, _u32, _u32, _u32, _u32, _u32, _u32, _u8, _u8),
+)  # fmt: skip
+_c_resize = _external("mae_trainer_ffcv_resize", _ffcv.resize, types.int32(*(11 * [_i64])))
+
+
+@njit(nogil=True)
 def crop_decode(source, height, width, y, x, h, w, out_h, out_w, scratch, region):
     """Decode crop ``(y, x, h, w)`` of the ``height x width`` JPEG ``source`` (bytes as uint8, to be resized
     to ``out_h x out_w``) into ``scratch`` (uint8, 1-D); ``region`` (int64[5]) receives its geometry.
     Returns a status code."""
-    return ctypes_crop_decode(
+    return _c_crop_decode(
         source.ctypes.data, source.size, height, width, y, x, h, w, out_h, out_w,
         scratch.ctypes.data, scratch.size, region.ctypes.data,
     )  # fmt: skip
 
 
+@njit(nogil=True)
 def resize_area(source, y, x, h, w, destination):
     """Area-resample the fractional box ``(y, x, h, w)`` of ``source`` (HWC uint8, contiguous) to fill
     ``destination`` (HWC uint8, contiguous). Returns a status code."""
-    return ctypes_resize_area(
+    return _c_resize_area(
         source.ctypes.data, source.shape[0], source.shape[1], y, x, h, w,
         destination.ctypes.data, destination.shape[0], destination.shape[1],
     )  # fmt: skip
 
 
+@njit(nogil=True)
 def resize_bicubic(source, y, x, h, w, destination):
     """Bicubic-resample (PIL's BICUBIC: Keys a = -0.5, antialiased when shrinking) the fractional box
     ``(y, x, h, w)`` of ``source`` — only the pixels it touches — to fill ``destination`` (both HWC uint8,
     contiguous). Returns a status code."""
-    return ctypes_resize_bicubic(
+    return _c_resize_bicubic(
         source.ctypes.data, source.shape[0], source.shape[1], y, x, h, w,
+        destination.ctypes.data, destination.shape[0], destination.shape[1],
+    )  # fmt: skip
+
+
+@njit(nogil=True)
+def imdecode(source, destination, height, width):
+    """FFCV's full JPEG decode (TurboJPEG) of ``source`` into ``destination`` (``height x width x 3`` bytes
+    at its start), as ``ffcv.libffcv.imdecode(source, destination, height, width, height, width, 0, 0, 1,
+    1, False, False)``. Returns its status."""
+    return _c_imdecode(
+        source.ctypes.data, source.size, height, width, destination.ctypes.data,
+        height, width, 0, 0, 1, 1, 0, 0,
+    )  # fmt: skip
+
+
+@njit(nogil=True)
+def resize_crop(source, start_row, end_row, start_col, end_col, destination):
+    """FFCV's resize (OpenCV INTER_AREA) of rows ``start_row:end_row``, columns ``start_col:end_col`` of
+    ``source`` to fill ``destination`` (both HWC uint8), as ``ffcv.libffcv.resize_crop``."""
+    _c_resize(
+        0, source.ctypes.data, source.shape[0], source.shape[1], start_row, end_row, start_col, end_col,
         destination.ctypes.data, destination.shape[0], destination.shape[1],
     )  # fmt: skip
