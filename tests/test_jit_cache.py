@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 SCRIPT = """
 import hashlib, json, sys
 from numba.core.dispatcher import Dispatcher
-from mae_trainer.data.schedules import ResolutionSchedule
+from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
 
 digest = hashlib.sha256()
