@@ -282,6 +282,15 @@ def _reports() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _let_rank_zero_report(seconds: float = 10.0) -> None:
+    """A silent rank that met the refusal waits before exiting: the launcher ends every rank as soon as one
+    exits with an error, and a rank 0 still importing would die before printing the line (seen in CI). The
+    launcher ends this wait when rank 0 exits."""
+    import time
+
+    time.sleep(seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = None
@@ -292,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         if _reports():
             message = usage_message(err) if isinstance(err, ConfigError) else str(err)
             print(f"mae-trainer: error: {message}", file=sys.stderr)
+        else:
+            _let_rank_zero_report()
         return 2
     except Preempted as err:  # SIGTERM/SIGUSR1: every rank wrote the checkpoint; exit 128 + the signal
         if _reports():
