@@ -283,9 +283,9 @@ def _reports() -> bool:
 
 
 def _let_rank_zero_report(seconds: float = 10.0) -> None:
-    """A silent rank that met the refusal waits before exiting: the launcher ends every rank as soon as one
-    exits with an error, and a rank 0 still importing would die before printing the line (seen in CI). The
-    launcher ends this wait when rank 0 exits."""
+    """A silent rank that met the refusal (or an agreed stop) waits before exiting: the launcher ends every
+    rank as soon as one exits with an error, and a rank 0 still importing would die before printing the line
+    (seen in CI). The launcher ends this wait when rank 0 exits."""
     import time
 
     time.sleep(seconds)
@@ -307,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:  # SIGTERM/SIGUSR1: every rank wrote the checkpoint; exit 128 + the signal
         if _reports():
             print(f"mae-trainer: {err}", file=sys.stderr)
+        else:
+            _let_rank_zero_report()
         return err.exit_code
     except TrainingError as err:  # agreed by every rank: reported once
         if _reports():
             print(f"mae-trainer: run stopped: {err}", file=sys.stderr)
+        else:
+            _let_rank_zero_report()
         return 1
     except RuntimeError as err:
         if not is_lost_peer(err):

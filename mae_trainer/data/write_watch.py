@@ -77,7 +77,7 @@ class WorkerWatch:
                 os._exit(128 + signum)
             if signum != signal.SIGUSR1:
                 self.signalled = signum
-            if self.stop.is_set() or _inside_fork(frame):
+            if self.stop.is_set() or _must_defer_signal(frame):
                 # Raised while FFCV starts a worker, the exception would be swallowed by an at-fork
                 # callback or leave a worker unknown to us (it would recreate the partial file); raised
                 # in a queue's put, it could leave the queue's lock held: the watcher thread signals
@@ -202,7 +202,7 @@ _FORK_FUNCTIONS = {
 }
 
 
-def _inside_fork(frame) -> bool:
+def _must_defer_signal(frame) -> bool:
     """Whether ``frame`` runs inside multiprocessing's start of a process or a queue's put, or inside tqdm
     (raised in the progress bar's close, after it drew the bar and before its newline, the error line
     would follow the bar on the same line: a closed bar does not close again)."""

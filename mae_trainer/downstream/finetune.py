@@ -22,6 +22,7 @@ resume contract, output lock and damaged-checkpoint handling are pre-training's 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -358,7 +359,7 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
             out, stepped = engine.micro_step(
                 model,
                 optimizer,
-                lambda: forward(model, images.to(dtype), targets, batch.seed),  # noqa: B023 (called at once)
+                functools.partial(forward, model, images.to(dtype), targets, batch.seed),
                 images=images.shape[0],
                 where=f"epoch {epoch}, batch {batch.index}",
             )

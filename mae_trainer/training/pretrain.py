@@ -13,6 +13,7 @@ mask_ratio=batch.mask_ratio)`` (the position table follows the batch's side).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from ..config import ConfigError, PretrainConfig, about, world_size
@@ -306,7 +307,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             _, stepped = engine.micro_step(
                 model,
                 optimizer,
-                lambda: model(pixels, noise=noise, mask_ratio=batch.mask_ratio),  # noqa: B023 (called at once)
+                functools.partial(model, pixels, noise=noise, mask_ratio=batch.mask_ratio),
                 images=batch.images.shape[0],
                 where=f"epoch {epoch}, batch {batch.index}",
                 flops_per_image=flops_per_image,
