@@ -216,6 +216,27 @@ def metrics_steps(output_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines if line.strip()]
 
 
+TINY_RUN = {
+    "model": "tiny",
+    "resolution": 32,
+    "epochs": 2,
+    "warmup_epochs": 1,
+    "batch_size": 16,
+    "num_workers": 1,
+    "log_every": 1,
+    "recon_images": 0,
+}
+
+
+def tiny_flags(**changes) -> list[str]:
+    """The ``pretrain`` flags of a tiny real run (:data:`TINY_RUN`: MAE-Tiny at 32 px, batch 16, a log
+    record per step, no reconstruction grid) with ``changes`` applied: ``epochs=4``, ``save_every=2``,
+    ``blr="1e-3"``; a value of None drops that flag."""
+    values = {**TINY_RUN, **changes}
+    return [x for name, value in values.items() if value is not None
+            for x in ("--" + name.replace("_", "-"), str(value))]  # fmt: skip
+
+
 def launch_cmd(config: str, *args: str, launcher_args: tuple[str, ...] = ()) -> list[str]:
     """``accelerate launch --config_file accelerate_configs/CONFIG [LAUNCHER_ARGS] -m mae_trainer ARGS...``"""
     return [

@@ -12,17 +12,14 @@ import shutil
 
 import pytest
 
-from .conftest import FP32_ZERO1, small_embedded_beton, weight_gap
+from .conftest import FP32_ZERO1, small_embedded_beton, tiny_flags, weight_gap
 from .test_resume import finish, kill_after_checkpoint, start
 
 pytestmark = pytest.mark.slow
 
 # 160 images, global batch 32 (2 ranks × 16, or 1 rank × 16 × accumulation 2): 5 steps per epoch, 10 in all;
 # killed right after the step-3 checkpoint, in the middle of epoch 0
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 2 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --save-every 3 --keep-last 2 --blr 1e-3 --seed 3"
-).split()
+FLAGS = tiny_flags(save_every=3, keep_last=2, blr="1e-3", seed=3)
 KILL_AT = "step_00000003"
 
 

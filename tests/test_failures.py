@@ -9,14 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, digest, kill_tree, launch_cmd, pause_env, small_embedded_beton, wait_for
+from .conftest import (
+    ROOT,
+    digest,
+    kill_tree,
+    launch_cmd,
+    pause_env,
+    small_embedded_beton,
+    tiny_flags,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 4 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --save-every 2 --keep-last 3 --blr 1e-3 --seed 5"
-).split()
+FLAGS = tiny_flags(epochs=4, save_every=2, keep_last=3, blr="1e-3", seed=5)
 
 
 def command(data: Path, out: Path, *extra: str, config: str = "cpu_1proc.yaml") -> list[str]:

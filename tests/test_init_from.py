@@ -15,12 +15,9 @@ from safetensors.torch import load_file
 
 from mae_trainer.modeling import MAEConfig, MAEForPreTraining
 
-from .conftest import BIN, ROOT, launch_cmd, run_main, small_embedded_beton, wandb_offline_env
+from .conftest import BIN, ROOT, launch_cmd, run_main, small_embedded_beton, tiny_flags, wandb_offline_env
 
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 2 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --seed 3"
-).split()
+FLAGS = tiny_flags(seed=3)
 
 
 def pretrain(data, out, *extra, launcher=None, report_to="none", env=None):

@@ -24,15 +24,14 @@ from .conftest import (
     run_main,
     small_embedded_beton,
     start_logged,
+    tiny_flags,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 2 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --save-every 2 --keep-last 3 --blr 1e-3 --seed 5"
-).split()  # 96 images: 6 steps per epoch, 12 in all; checkpoints every 2 steps
+# 96 images: 6 steps per epoch, 12 in all; checkpoints every 2 steps
+FLAGS = tiny_flags(save_every=2, keep_last=3, blr="1e-3", seed=5)
 
 
 def pretrain(data: Path, out: Path, *extra: str, launcher: str | None = "cpu_1proc.yaml") -> list[str]:

@@ -22,6 +22,7 @@ from .conftest import (
     run_cli,
     small_embedded_beton,
     start_logged,
+    tiny_flags,
     wait_for,
 )
 
@@ -29,10 +30,7 @@ pytestmark = pytest.mark.slow
 
 # 384 images: 48 steps per epoch on one process, 24 on two ranks; no periodic checkpoint, so the only
 # checkpoints are the epoch ends (far away) and the one a signal asks for.
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 50 --warmup-epochs 1 --batch-size 8 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --save-every 0 --blr 1e-3 --seed 7 --report-to none"
-).split()
+FLAGS = tiny_flags(epochs=50, batch_size=8, save_every=0, blr="1e-3", seed=7, report_to="none")
 
 
 @pytest.fixture(scope="module")

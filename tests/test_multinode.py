@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import BIN, ROOT, start_delay_env
+from .conftest import BIN, ROOT, start_delay_env, tiny_flags
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -145,10 +145,7 @@ def both_succeed(nodes: list[Node]) -> None:
     assert [n.proc.returncode for n in nodes] == [0, 0], tails(nodes)
 
 
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 100 --warmup-epochs 0 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0"
-).split()
+FLAGS = tiny_flags(epochs=100, warmup_epochs=0)
 
 
 def test_two_machines_train_and_save_one_model(demo_beton, tmp_path):

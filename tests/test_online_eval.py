@@ -18,14 +18,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from .conftest import BIN, ROOT, launch_cmd, run_main, small_embedded_beton
+from .conftest import BIN, ROOT, launch_cmd, run_main, small_embedded_beton, tiny_flags
 
 CLASSES = 16
 CHANCE = 1 / CLASSES
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 3 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --blr 1e-3 --seed 3"
-).split()
+FLAGS = tiny_flags(epochs=3, blr="1e-3", seed=3)
 
 
 @pytest.fixture(scope="module")

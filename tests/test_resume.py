@@ -18,15 +18,13 @@ from .conftest import (
     run_main,
     small_embedded_beton,
     start_logged,
+    tiny_flags,
     weight_gap,
 )
 
 pytestmark = pytest.mark.slow
 
-FLAGS = (
-    "--model tiny --resolution 32 --epochs 3 --warmup-epochs 1 --batch-size 16 --num-workers 1 "
-    "--log-every 1 --recon-images 0 --save-every 4 --keep-last 2 --blr 1e-3 --seed 3"
-).split()
+FLAGS = tiny_flags(epochs=3, save_every=4, keep_last=2, blr="1e-3", seed=3)
 
 
 def command(data, out, *extra, launcher=None, flags=FLAGS):

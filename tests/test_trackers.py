@@ -15,7 +15,7 @@ import pytest
 from mae_trainer.report_to import report_to_problem
 from mae_trainer.training.trackers import wandb_run_id
 
-from .conftest import BIN, ROOT, run_main, small_embedded_beton, wandb_offline_env
+from .conftest import BIN, ROOT, run_main, small_embedded_beton, tiny_flags, wandb_offline_env
 
 
 def wandb_history(run_file) -> list[dict]:
@@ -60,10 +60,7 @@ def data(tmp_path_factory):
 
 
 def pretrain(data, out, report_to, env, *extra):
-    flags = (
-        "--model tiny --resolution 32 --epochs 1 --warmup-epochs 0 --batch-size 16 --num-workers 1 "
-        "--log-every 1 --recon-images 2 --recon-every 2 --blr 1e-3"
-    ).split()
+    flags = tiny_flags(epochs=1, warmup_epochs=0, recon_images=2, recon_every=2, blr="1e-3")
     result = subprocess.run(
         [str(BIN / "mae-trainer"), "pretrain", "--data", str(data), "--output-dir", str(out), *flags,
          "--report-to", report_to, *extra],
