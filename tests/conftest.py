@@ -90,6 +90,27 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
     )
 
 
+def run_real(
+    cmd: list[str],
+    *,
+    env: dict | None = None,
+    timeout: int = 900,
+    check: bool = True,
+    threads: int | None = 1,
+) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (from :func:`command_cmd`, :func:`pretrain_cmd` or :func:`launch_cmd`) in fresh
+    processes, output unbuffered and captured. ``env`` replaces the environment (default: this one);
+    ``threads`` sets ``OMP_NUM_THREADS`` (None: leave it); ``check`` fails the test with the output's tail
+    on a non-zero exit."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a launcher and every process below it. torchrun starts its workers in their own sessions,
     so killing the launcher's process group alone leaves a worker training (a machine that dies takes all

@@ -15,6 +15,7 @@ from .conftest import (
     kill_tree,
     launch_cmd,
     pause_env,
+    run_real,
     small_embedded_beton,
     tiny_flags,
     wait_for,
@@ -30,14 +31,7 @@ def command(data: Path, out: Path, *extra: str, config: str = "cpu_1proc.yaml") 
 
 
 def run(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command(data, out, *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return run_real(command(data, out, *extra), timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -15,22 +15,25 @@ from safetensors.torch import load_file
 
 from mae_trainer.modeling import MAEConfig, MAEForPreTraining
 
-from .conftest import BIN, ROOT, launch_cmd, run_main, small_embedded_beton, tiny_flags, wandb_offline_env
+from .conftest import (
+    BIN,
+    ROOT,
+    pretrain_cmd,
+    run_main,
+    run_real,
+    small_embedded_beton,
+    tiny_flags,
+    wandb_offline_env,
+)
 
 FLAGS = tiny_flags(seed=3)
 
 
 def pretrain(data, out, *extra, launcher=None, report_to="none", env=None):
-    cmd = [str(BIN / "mae-trainer"), "pretrain"] if launcher is None else launch_cmd(launcher, "pretrain")
-    result = subprocess.run(
-        [*cmd, "--data", str(data), "--output-dir", str(out), *FLAGS, "--report-to", report_to, *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**(env or os.environ), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    cmd = pretrain_cmd(
+        launcher, "--data", str(data), "--output-dir", str(out), *FLAGS, "--report-to", report_to
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_real([*cmd, *extra], env=env)
     return result.stdout + result.stderr
 
 

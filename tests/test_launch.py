@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT, launch_cmd
+from .conftest import launch_cmd, run_real
 
 pytestmark = pytest.mark.slow
 
 
 def launch(config: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = launch_cmd(config, "pretrain", *args)
-    return subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return run_real(launch_cmd(config, "pretrain", *args), timeout=timeout, check=False, threads=None)
 
 
 def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):

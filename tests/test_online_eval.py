@@ -12,13 +12,12 @@ command says of the saved model.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import numpy as np
 import pytest
 
-from .conftest import BIN, ROOT, launch_cmd, run_main, small_embedded_beton, tiny_flags
+from .conftest import BIN, launch_cmd, run_main, run_real, small_embedded_beton, tiny_flags
 
 CLASSES = 16
 CHANCE = 1 / CLASSES
@@ -45,16 +44,7 @@ def data(tmp_path_factory):
 
 
 def run(cmd: list[str], *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*cmd, *map(str, args), *FLAGS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+    return run_real([*cmd, *map(str, args), *FLAGS])
 
 
 def records(out) -> tuple[list[dict], list[dict]]:

@@ -15,7 +15,16 @@ import pytest
 from mae_trainer.report_to import report_to_problem
 from mae_trainer.training.trackers import wandb_run_id
 
-from .conftest import BIN, ROOT, run_main, small_embedded_beton, tiny_flags, wandb_offline_env
+from .conftest import (
+    BIN,
+    ROOT,
+    pretrain_cmd,
+    run_main,
+    run_real,
+    small_embedded_beton,
+    tiny_flags,
+    wandb_offline_env,
+)
 
 
 def wandb_history(run_file) -> list[dict]:
@@ -61,12 +70,8 @@ def data(tmp_path_factory):
 
 def pretrain(data, out, report_to, env, *extra):
     flags = tiny_flags(epochs=1, warmup_epochs=0, recon_images=2, recon_every=2, blr="1e-3")
-    result = subprocess.run(
-        [str(BIN / "mae-trainer"), "pretrain", "--data", str(data), "--output-dir", str(out), *flags,
-         "--report-to", report_to, *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cmd = pretrain_cmd(None, "--data", str(data), "--output-dir", str(out), *flags, "--report-to", report_to)
+    run_real([*cmd, *extra], env=env, timeout=600, threads=None)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
