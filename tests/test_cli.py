@@ -120,7 +120,7 @@ def test_write_dataset_cli_from_a_folder(tmp_path, jpeg_folder):
 @pytest.mark.parametrize("recipe", ["dailymae_base_800ep_8xa100.yaml", "demo_cpu.yaml", "single_gpu.yaml"])
 def test_example_recipes_are_valid(recipe, demo_beton):
     from mae_trainer.cli import parse_config
-    from mae_trainer.training.pretrain import make_schedule
+    from mae_trainer.training.pretrain_plan import make_schedule
 
     args = parse_config(["pretrain", "--recipe", str(ROOT / "examples" / recipe), "--data", str(demo_beton)])
     schedule = make_schedule(args, args.batch_size)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mae_trainer.data.labelled import centre_crop_batches, open_labelled
-from mae_trainer.downstream import finetune, probe
+from mae_trainer.downstream import finetune_plan, probe
 from mae_trainer.errors import InputError
 
 from .test_probe import unlabelled_beton
@@ -156,7 +156,7 @@ def test_commands_prefix_the_flag(tmp_path, jpeg_folder, saved_dataset):
     shutil.copytree(jpeg_folder / "class_1", other / "class_1")
     assert message(probe.open_split, other, "val", train).startswith(f"--val {other}: classes")
     config = FinetuneConfig(model="m", train=jpeg_folder, val=saved_dataset)
-    train = finetune.open_split(config, "train")
-    assert message(finetune.open_split, config, "val", train).startswith(
+    train = finetune_plan.open_split(config, "train")
+    assert message(finetune_plan.open_split, config, "val", train).startswith(
         f"--val {saved_dataset}: has no split 'validation'"
     )

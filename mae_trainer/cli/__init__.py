@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, world_size
 from ..errors import InputError, Preempted, TrainingError, UsageError, is_lost_peer
 from .flags import build_config, flagged, usage_message
 
@@ -78,9 +78,12 @@ def present_classes(summary: dict) -> str:
 
 
 def _pretrain(config) -> None:
-    from ..training.pretrain import run
+    from ..training.pretrain_plan import check
 
-    run(config)
+    plan = check(config, world_size())  # every refusal before torch, FFCV and timm are imported
+    from ..training.pretrain import train
+
+    train(config, plan)
 
 
 def _saved_model(flag: str, spec) -> None:
@@ -94,9 +97,12 @@ def _saved_model(flag: str, spec) -> None:
 
 def _finetune(config) -> None:
     _saved_model("--model", config.model)
-    from ..downstream.finetune import run
+    from ..downstream.finetune_plan import check
 
-    run(config)
+    plan = check(config, world_size())  # the model is loaded here: refused before any process group
+    from ..downstream.finetune import train
+
+    train(config, plan)
 
 
 def _probe(config) -> None:

@@ -80,7 +80,7 @@ def whole_batches(num_samples: int, world: int, batch_size: int, accumulation: i
     """Local batches of ``batch_size`` each of ``world`` ranks gets in an epoch of ``num_samples`` when an
     optimizer step takes ``accumulation`` of them on every rank: the epoch is cut to whole optimizer steps
     of the global batch ``world × batch_size × accumulation`` (the rest, fewer than one global batch, is
-    left out). The training sampler's rule, also used by ``pretrain.check`` before FFCV is imported."""
+    left out). The training sampler's rule, also used by ``pretrain_plan.check`` before FFCV is imported."""
     return num_samples // (world * batch_size * accumulation) * accumulation
 
 

@@ -1,6 +1,7 @@
 """Fine-tuning (``mae-trainer finetune``): the reference MAE fine-tune recipe on a pre-trained encoder, at the
-scale and with the safety of pre-training. Read top to bottom: checks → model → engine → data → optimizer →
-resume → loop (lr, step, EMA, log, checkpoint) → evaluation and best model per epoch → results → push.
+scale and with the safety of pre-training. Read top to bottom: engine → data → optimizer → resume → loop
+(lr, step, EMA, log, checkpoint) → evaluation and best model per epoch → results → push. What the run is
+(splits, model, layout, resume contract) was settled before, by ``finetune_plan.check``.
 
 ``MAEForImageClassification.from_pretrained`` (global-average pool + ``fc_norm`` or the class token,
 stochastic depth) → AdamW with layer-wise lr decay (timm's ``param_groups_layer_decay``, 0.65) and
@@ -24,157 +25,38 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 from pathlib import Path
 
-import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
+from timm.data import Mixup
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
 
-from ..config import ConfigError, FinetuneConfig, about, world_size
-from ..data.labelled import BetonSource, open_labelled
-from ..data.resolution import check_side, whole_batches
-from ..hub import check_push
+from ..config import FinetuneConfig
+from ..data.batch_augment import BatchAugment
+from ..data.labelled import train_transform
+from ..hub import push_run
+from ..modeling import MAEForImageClassification
 from ..provenance import PROVENANCE, license_of, origin_of, write_provenance
-from ..training.run_state import (
-    ResumePoint,
-    RunState,
-    check_resume,
-    data_identity,
-    loads_universal,
-    open_run,
-    planned_layout,
-    recipe_of,
-    total_steps,
-)
+from ..publish import publish_folder, publish_text
+from ..training.checkpoint import raise_if_final_save_failed, write_error
+from ..training.engine import Engine, adamw
+from ..training.lifecycle import StopSignals
+from ..training.run_state import loads_universal
+from ..training.schedules import optimizer_steps_before, scaled_lr
+from .finetune_plan import Plan
+from .train_data import FFCVTrainData, PILTrainData, eval_batches, keyed_rng, mix
 
 EMA_DIR = "ema"
 RESULTS = "results.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What the run derives from its config and the world size before any work: checked inputs."""
-
-    run: RunState  # the resume contract (layout included)
-    resume: ResumePoint | None
-    source: object  # the training split (data.labelled.ImageSource)
-    val_source: object  # the held-out split (the training split itself with --val-fraction)
-    train: list[int]  # positions in source.order
-    val: list[int]  # positions in val_source.order
-    loader: str  # "ffcv" or "pil"
-    resolution: int
-    patch_size: int
-    batches: int  # local micro-batches per epoch
-    model: object = dataclasses.field(default=None, repr=False)  # the classifier, loaded (and checked) here
-
-    @property
-    def layout(self):
-        return self.run.layout
-
-    @property
-    def total_steps(self) -> int:
-        epochs = self.run.length["epochs"]
-        return total_steps([self.batches] * epochs, self.layout.accumulation, self.run.length["max_steps"])
-
-
-def open_split(config: FinetuneConfig, key: str, train=None):
-    """:func:`~mae_trainer.data.labelled.open_labelled` for ``train`` or (with the training split
-    ``train``) ``val``, whose classes must be the training split's."""
-    path, split = (config.train, config.split) if train is None else (config.val, config.val_split)
-    with about(key):
-        return open_labelled(
-            path, split=split, train=train, image_column=config.image_column, label_column=config.label_column
-        )
-
-
-def split_identity(source, positions: list[int]) -> dict:
-    """The training samples' identity for the resume contract: a ``.beton``'s file identity, or a digest of
-    the labels and class names of a folder or dataset, and which positions train."""
-    import hashlib
-
-    if isinstance(source, BetonSource):
-        identity = data_identity(source.path, len(source))
-    else:
-        text = json.dumps([list(source.classes), [source.labels[i] for i in source.order]])
-        identity = {"samples": len(source), "sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
-    identity["train_sha256"] = hashlib.sha256(np.asarray(positions, np.int64).tobytes()).hexdigest()[:16]
-    return identity
-
-
-def check(config: FinetuneConfig, world: int) -> Plan:
-    """Every check that needs no process group: fail before any model is built or image decoded. A resumed
-    run is compared with its checkpoint's contract here, once."""
-    from ..modeling.loading import resolve_saved_model
-    from ..training.feature_eval import stratified_split
-
-    layout, point = open_run(config, planned_layout(config, world))  # lock, checkpoint, layout
-    with about("model"):
-        saved_model = resolve_saved_model(config.model)  # folder or Hub id, ours or vit_mae, weights intact
-        model_config = json.loads((saved_model.folder / "config.json").read_text())
-    source = open_split(config, "train")
-    if len(source.classes) < 2:
-        raise ConfigError("train", config.train, f"needs at least 2 classes (found {len(source.classes)})")
-    if config.val is not None:
-        val_source = open_split(config, "val", source)
-        train, val = list(range(len(source))), list(range(len(val_source)))
-    else:
-        val_source = source
-        labels = np.asarray([source.labels[i] for i in source.order])
-        train, val = (part.tolist() for part in stratified_split(labels, config.val_fraction, config.seed))
-        if not val:
-            raise ConfigError("val_fraction", config.val_fraction, f"holds out no image of {config.train}")
-    beton = isinstance(source, BetonSource)
-    loader = config.loader if config.loader != "auto" else ("ffcv" if beton else "pil")
-    if loader == "ffcv" and not beton:
-        raise ConfigError("loader", "ffcv", f"needs a .beton --train ({config.train} is not one)")
-    from accelerate.utils import set_seed
-
-    set_seed(config.seed)  # the head's init
-    model = load_model(config, source.classes)  # a folder lacking a tensor is refused here, by name
-    patch = int(model_config.get("patch_size", 16))
-    resolution = config.resolution or int(model_config.get("image_size", 224))
-    with about("resolution"):
-        check_side(resolution, patch)
-    batches = whole_batches(len(train), world, layout.batch, layout.accumulation)
-    if batches == 0:
-        raise ConfigError(
-            "batch_size",
-            layout.batch,
-            f"{layout.describe()} images per optimizer step: {config.train} has {len(train)} training images",
-        )
-    run = RunState(
-        command=config.command,
-        model={"classes": list(source.classes), "resolution": resolution, "patch_size": patch},
-        recipe=recipe_of(config, "same"),
-        length=recipe_of(config, "length"),
-        stages=[[0, resolution, 0.0, layout.global_batch]],
-        data=split_identity(source, train),
-        layout=layout,
-    )
-    if point is not None:
-        run = check_resume(config, point.path, point.state["step"], point.saved, run, lambda e: [batches] * e)
-    check_push(config)  # fail now, not after the fine-tune
-    config.check_output(resuming=point is not None)
-    return Plan(run, point, source, val_source, train, val, loader, resolution, patch, batches, model)
-
-
-def load_model(config: FinetuneConfig, classes: list[str]):
-    from ..modeling import MAEForImageClassification
-
-    with about("model"):
-        return MAEForImageClassification.from_pretrained(
-            config.model,
-            num_labels=len(classes),
-            id2label=dict(enumerate(classes)),
-            label2id={c: i for i, c in enumerate(classes)},
-            drop_path_rate=config.drop_path,
-            global_pool=config.global_pool,
-        )
-
-
 def soft_targets(labels, classes: int, smoothing: float):
     """One-hot targets with label smoothing (what timm's Mixup produces when it mixes nothing)."""
-    import torch.nn.functional as F
-
     off = smoothing / classes
     return F.one_hot(labels, classes).float() * (1.0 - smoothing) + off
 
@@ -182,9 +64,6 @@ def soft_targets(labels, classes: int, smoothing: float):
 def evaluate(engine, model, batches, dtype) -> dict:
     """Top-1, top-5 (with ≥ 5 classes) and the loss over the held-out images, each rank scoring its own
     share (``batches``) and the sums reduced over ranks: every image once, on any layout."""
-    import torch
-    import torch.nn.functional as F
-
     sums = torch.zeros(4, dtype=torch.float64, device=engine.device)  # top-1, top-5, loss, images
     classes = None
     was_training = model.training
@@ -211,27 +90,11 @@ def evaluate(engine, model, batches, dtype) -> dict:
 
 
 def model_classes(model) -> int:
-    from accelerate.utils import extract_model_from_parallel
 
     return extract_model_from_parallel(model).config.num_labels
 
 
-def run(config: FinetuneConfig) -> dict:
-    """Fine-tune; the best model (by held-out top-1) is saved in ``config.output_dir``. Returns its
-    metrics (``results.json``)."""
-    return train(config, check(config, world_size()))
-
-
 def train(config: FinetuneConfig, plan: Plan) -> dict:
-    import torch
-    from timm.data import Mixup
-    from timm.optim import param_groups_layer_decay
-
-    from ..data.labelled import train_transform
-    from ..training.engine import Engine, adamw
-    from ..training.lifecycle import StopSignals
-    from ..training.schedules import optimizer_steps_before, scaled_lr
-    from .train_data import FFCVTrainData, PILTrainData, eval_batches, keyed_rng, mix
 
     layout = plan.layout
     classes = plan.source.classes
@@ -249,8 +112,6 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
     ema = None
     if config.ema_decay > 0:
-        from timm.utils import ModelEmaV3
-
         # fp32 copy of the fp32 weights, made before DeepSpeed casts the model to BF16
         ema = ModelEmaV3(model, decay=config.ema_decay, device=engine.device, dtype=torch.float32)
         ema.module.eval()
@@ -261,8 +122,6 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     common = {"batch_size": layout.batch, "seed": config.seed, "accumulation": layout.accumulation,
               "num_workers": config.num_workers, "device": device}  # fmt: skip
     if plan.loader == "ffcv":
-        from ..data.batch_augment import BatchAugment
-
         items = [plan.source.order[i] for i in plan.train]
         augment = BatchAugment(config.augment, mean, std, config.reprob, resolution)
         data = FFCVTrainData(
@@ -394,11 +253,6 @@ def publish(config: FinetuneConfig, results: dict, say) -> None:
     """Main process, at the end: ``results.json`` beside the weights (and the EMA's, with the run's record
     files, so that ``OUTPUT/ema`` is a complete folder to push too); with ``--push-to-hub``, the better
     of the two goes up as a classifier plain transformers loads (``hub.py``)."""
-    import shutil
-
-    from ..hub import push_run
-    from ..publish import publish_text
-
     out = config.output_dir
     text = json.dumps(results, indent=2)
     publish_text(out / RESULTS, text)
@@ -417,10 +271,7 @@ def publish(config: FinetuneConfig, results: dict, say) -> None:
 def evaluate_epoch(engine, config, model, ema, held_out, dtype, epoch: int, best: dict) -> dict:
     """Evaluate the weights (and their EMA) on the held-out split after ``epoch``; log, and save each one
     that beats its best so far (``OUTPUT``, ``OUTPUT/ema``). Returns the bests."""
-    from ..modeling import MAEForImageClassification
-
     best = dict(best)
-    import torch
 
     kinds = [("raw", model, dtype)] + ([("ema", ema.module, torch.float32)] if ema is not None else [])
     for kind, weights, weights_dtype in kinds:
@@ -444,15 +295,8 @@ def evaluate_epoch(engine, config, model, ema, held_out, dtype, epoch: int, best
     return best
 
 
-def weights_config(engine, model):
-    return engine.accelerator.unwrap_model(model).config
-
-
 def save_ema(engine, config: FinetuneConfig, module) -> None:
     """The EMA weights (fp32, the same on every rank) as ``OUTPUT/ema``: a ``save_pretrained`` folder."""
-    from ..publish import publish_folder
-    from ..training.checkpoint import raise_if_final_save_failed, write_error
-
     error = None
     if engine.is_main:
         error = write_error(

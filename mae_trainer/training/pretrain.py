@@ -1,12 +1,13 @@
 """MAE pre-training (``mae-trainer pretrain``), read top to bottom like nanoGPT's train.py:
-checks → engine → data → model/optimizer → loop (lr, step, log, checkpoint) → save → push.
+engine → model → data → optimizer → resume → loop (lr, step, log, checkpoint) → save → push. What the
+run is (schedule, batches, resume contract) was settled before, by ``pretrain_plan.check``.
 
 Runs as is (one process, no DeepSpeed) or under ``accelerate launch`` with a DeepSpeed config
 (ZeRO-1, BF16: ``accelerate_configs/*.yaml`` → ``ds_configs/zero1_bf16.json``). The machinery shared
 with fine-tuning (accelerator, micro-step, lr, metrics, checkpoints, fp32 save) is ``engine.py``.
 
-The image size in plain sight: ``config`` → :func:`make_schedule` → ``schedule.stage(epoch)`` →
-``ProgressiveLoader.epoch`` sets the decoder's ``output_size`` → ``batch`` → ``model(pixels,
+The image size in plain sight: ``config`` → ``pretrain_plan.make_schedule`` → ``schedule.stage(epoch)``
+→ ``ProgressiveLoader.epoch`` sets the decoder's ``output_size`` → ``batch`` → ``model(pixels,
 mask_ratio=batch.mask_ratio)`` (the position table follows the batch's side).
 """
 
@@ -16,180 +17,34 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from ..config import ConfigError, PretrainConfig, about, world_size
-from ..data.resolution import ResolutionSchedule, ScheduleError, parse_steps, whole_batches
-from ..hub import check_push, push_run
+import numpy as np  # noqa: F401  (numpy before torch keeps FFCV's numba happy)
+import torch
+from accelerate.utils import set_seed
+from timm.optim import param_groups_weight_decay
+
+from ..config import PretrainConfig, world_size
+from ..data.eval_loader import fixed_images
+from ..data.normalize import normalize, stats_tensor
+from ..data.train_loader import ProgressiveLoader
+from ..hub import push_run
+from ..modeling import MAEConfig, MAEForPreTraining
+from ..modeling.flops import mae_training_flops_per_image
+from ..modeling.modeling_mae import kept_patches
 from ..provenance import origin_of, write_provenance
-from .init_from import check_init_from
+from .engine import Engine, adamw, compile_in_place, compiled_graphs
+from .init_from import init_weights
 from .lifecycle import StopSignals
+from .online_eval import OnlineEval
+from .pretrain_plan import Plan
 from .run_state import KEY as RUN_KEY
-from .run_state import (
-    Layout,
-    ResumePoint,
-    RunState,
-    check_resume,
-    data_identity,
-    loads_universal,
-    open_run,
-    planned_layout,
-    recipe_of,
-    total_steps,
-)
+from .schedules import optimizer_steps_before, scaled_lr
+from .visualize import reconstruction_grid, save_png
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What a run derives from its config and the world size before any work: checked inputs."""
-
-    schedule: ResolutionSchedule
-    batches: list[int]  # micro-batches per rank in each epoch
-    run: RunState  # the resume contract of this run (run_state.py): layout included
-    init_from: Path | None = None  # the resolved --init-from folder; None when a checkpoint is resumed
-    resume: ResumePoint | None = None  # the checkpoint continued, if any
-
-    @property
-    def batch_size(self) -> int:
-        """Images per rank per micro-step."""
-        return self.run.layout.batch
-
-    @property
-    def grad_accum(self) -> int:
-        return self.run.layout.accumulation
-
-    @property
-    def total_steps(self) -> int:
-        return total_steps(self.batches, self.grad_accum, self.run.length["max_steps"])
-
-    @property
-    def load_universal(self) -> bool:
-        return loads_universal(self.resume, self.run.layout)
-
-
-# The config field behind each ResolutionSchedule argument (a ScheduleError names the argument at fault).
-SCHEDULE_KEYS = {
-    "kind": "progressive",
-    "steps": "resolution_steps",
-    "multiple": "resolution_multiple",
-    "resolution": "resolution",
-    "start_resolution": "start_resolution",
-    "mask_ratio": "mask_ratio",
-    "constant_visible": "mask_schedule",
-}
-
-
-def make_schedule(config: PretrainConfig, batch_size: int) -> ResolutionSchedule:
-    try:
-        return ResolutionSchedule(
-            kind=config.progressive,
-            resolution=config.resolution,
-            mask_ratio=config.mask_ratio,
-            batch_size=batch_size,
-            patch_size=config.patch_size,
-            start_resolution=config.start_resolution,
-            start_epoch=config.ramp_start_epoch,
-            end_epoch=config.ramp_end_epoch,
-            multiple=config.resolution_multiple,
-            steps=parse_steps(config.resolution_steps) if config.resolution_steps else [],
-            constant_visible=config.mask_schedule == "constant-visible",
-            scale_batch=config.scale_batch_with_resolution,
-        )
-    except ScheduleError as err:
-        raise ConfigError.about(SCHEDULE_KEYS[err.argument], err) from None
-
-
-def check(config: PretrainConfig, world: int) -> Plan:
-    """Every check that needs neither torch nor a process group: fail before any work or file. A resumed
-    run is compared with its checkpoint's contract here, once (run_state.py)."""
-    from ..data.beton import check_beton
-    from ..modeling.presets import PRESETS
-
-    # the lock, the checkpoint and the layout that keeps its global batch (run_state.py)
-    layout, point = open_run(config, planned_layout(config, world))
-    init_from = None
-    if config.init_from is not None and point is None:  # a preempted --init-from run resumes, not re-inits
-        init_from = check_init_from(config.init_from, config.model).folder
-    with about("data"):
-        count = check_beton(config.data)
-    for key in ("recon_data", "eval_data"):  # held-out sets: refused now, not at their first use
-        if getattr(config, key) is not None:
-            with about(key):
-                check_beton(getattr(config, key), labels=key == "eval_data")
-    schedule = make_schedule(config, layout.batch)
-
-    def batches_for(epochs: int) -> list[int]:
-        """Local batches of each epoch of a run of ``epochs`` epochs (the sampler's rule)."""
-        return [
-            whole_batches(count, world, schedule.stage(e).batch_size, layout.accumulation)
-            for e in range(epochs)
-        ]
-
-    batches = batches_for(config.epochs)
-    if min(batches) == 0:
-        raise ConfigError(
-            "batch_size",
-            layout.batch,
-            f"{layout.describe()} images per optimizer step: more than {config.data} holds ({count})",
-        )
-    model = {**PRESETS[config.model], "image_size": config.resolution, "mask_ratio": config.mask_ratio,
-             "norm_pix_loss": not config.no_norm_pix_loss}  # fmt: skip
-    run = RunState(
-        command=config.command,
-        model=model,
-        recipe=recipe_of(config, "same"),
-        length=recipe_of(config, "length"),
-        stages=stages_of(schedule, config.epochs, layout),
-        data=data_identity(config.data, count),
-        layout=layout,
-    )
-    if point is not None:
-        run = check_resume(config, point.path, point.state["step"], point.saved, run, batches_for)
-    plan = Plan(schedule, batches, run, init_from, point)
-    check_push(config)  # fail now, not after a day of training
-    config.check_output()
-    return plan
-
-
-def stages_of(schedule: ResolutionSchedule, epochs: int, layout: Layout) -> list[list]:
-    """``[first epoch, side, mask ratio, global batch]`` of each stage in ``epochs``: the data schedule
-    without the layout."""
-    stages = []
-    for epoch in range(epochs):
-        stage = schedule.stage(epoch)
-        entry = [
-            stage.resolution,
-            round(stage.mask_ratio, 6),
-            stage.batch_size * layout.ranks * layout.accumulation,
-        ]
-        if not stages or stages[-1][1:] != entry:
-            stages.append([epoch, *entry])
-    return stages
-
-
-def run(config: PretrainConfig) -> Path:
-    """Pre-train and save the model into ``config.output_dir``; returns that directory."""
-    return train(config, check(config, world_size()))
-
-
 def train(config: PretrainConfig, plan: Plan) -> Path:
-    import numpy as np  # noqa: F401  (numpy before torch keeps FFCV's numba happy)
-    import torch
-    from accelerate.utils import set_seed
-    from timm.optim import param_groups_weight_decay
-
-    from ..data.eval_loader import fixed_images
-    from ..data.normalize import normalize, stats_tensor
-    from ..data.train_loader import ProgressiveLoader
-    from ..modeling import MAEConfig, MAEForPreTraining
-    from ..modeling.flops import mae_training_flops_per_image
-    from ..modeling.modeling_mae import kept_patches
-    from .engine import Engine, adamw, compile_in_place, compiled_graphs
-    from .init_from import init_weights
-    from .online_eval import OnlineEval
-    from .schedules import optimizer_steps_before, scaled_lr
-    from .visualize import reconstruction_grid, save_png
-
+    """Pre-train on ``plan`` (from ``pretrain_plan.check``) and save the model into ``config.output_dir``."""
     model_config = MAEConfig.from_preset(
         config.model,
         image_size=config.resolution,
@@ -362,12 +217,8 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
 def log_reconstruction(engine, model, images) -> None:
     """Main process only: the grid at this step as ``reconstructions/step_N.png`` and a tracker image.
     Runs the training weights in place (their dtype and device), in eval mode, without gradients."""
-    from .visualize import reconstruction_grid, save_png
-
     if not engine.is_main:
         return
-    import torch
-
     with torch.compiler.set_stance("force_eager"):  # a compiled model: no graph for an occasional grid
         picture = reconstruction_grid(model, images)
     folder = engine.output_dir / "reconstructions"

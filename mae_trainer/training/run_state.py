@@ -19,7 +19,7 @@ stored: crops and flips by (seed, sample, micro-batch), masks by (seed, epoch, m
 they continue identically on any layout; accelerate's per-rank RNG files are restored when the layout is
 the same.
 
-Import-light (no torch): :func:`mae_trainer.training.pretrain.check` uses it before any process group.
+Import-light (no torch): :func:`mae_trainer.training.pretrain_plan.check` uses it before any process group.
 """
 
 from __future__ import annotations
