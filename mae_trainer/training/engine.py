@@ -16,6 +16,8 @@ Nothing here reads flags: it gets a :class:`~mae_trainer.config.TrainingConfig`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -25,10 +27,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed.distributed_c10d as c10d
+from accelerate import Accelerator
+from accelerate.checkpointing import load_custom_state
+from accelerate.utils import InitProcessGroupKwargs
+from tqdm.auto import tqdm
 
 from ..config import TrainingConfig, deepspeed_launched
 from ..errors import TrainingError
 from ..publish import publish_folder
+from . import elastic
 from .checkpoint import (
     any_rank_failed,
     complete_checkpoints,
@@ -46,15 +54,10 @@ from .trackers import drop_records_after, log_image, make_trackers, start_tracke
 def make_accelerator(
     config: TrainingConfig, micro_batch: int, trackers: list, grad_accum: int, load_universal: bool = False
 ):
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
     timeout = timedelta(seconds=config.dist_timeout)
     # Groups created later without a timeout (DeepSpeed's clone of the world group for ZeRO's collectives)
     # take torch's module default (30 min gloo, 10 min NCCL): make that --dist-timeout too, so that a hung
     # node ends the run within the bound and not only a dead one.
-    import torch.distributed.distributed_c10d as c10d
-
     c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
     # The ranks meet under a longer bound (a slow node's start is no failure), then --dist-timeout applies.
     rendezvous = rendezvous_timeout(timeout)
@@ -89,9 +92,6 @@ def keep_host_memory() -> bool:
     224 px is 38.5 MB), and each fresh mapping is paid again in page faults (≈ 17 ms per batch here). It
     lifts the FFCV fine-tune data path from 1.8× to 2.4× the PIL path's images/s on this machine
     (``benchmarks/finetune_data.py``, the setting applied to both). No-op (False) without glibc."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -122,7 +122,7 @@ def compile_in_place(model: torch.nn.Module, graphs: int, **options) -> None:
     (side, batch, kept tokens) gets its own kernels, compiled once when it first appears. ``graphs`` is
     how many such shapes the run has: dynamo's recompile limit is raised to hold them all (past its limit
     it would fall back to eager without a word). ``options`` go to ``torch.compile`` (e.g. ``backend``)."""
-    import torch._dynamo.config as dynamo
+    import torch._dynamo.config as dynamo  # dynamo's import is seconds: only runs that compile pay it
 
     dynamo.recompile_limit = max(dynamo.recompile_limit, graphs + 2)
     model.compile(dynamic=False, **options)
@@ -219,8 +219,6 @@ class Engine:
             self.metrics_file.write_text("")
         elif self.is_main:
             drop_records_after(self.metrics_file, self.step)
-        from tqdm.auto import tqdm
-
         self.progress = tqdm(
             total=total_steps,
             initial=self.step,
@@ -431,8 +429,6 @@ class Engine:
         return state
 
     def _load_elsewhere(self, path: Path, model, optimizer) -> None:
-        from . import elastic
-
         staging = elastic.staging_folder(path)
         error = None
         if self.is_main:
@@ -447,8 +443,6 @@ class Engine:
                 model.load_checkpoint(str(staging), tag=elastic.TAG, load_lr_scheduler_states=False)
             else:
                 elastic.load_universal_into_torch(staging, self.accelerator.unwrap_model(model), optimizer)
-            from accelerate.checkpointing import load_custom_state
-
             for index, obj in enumerate(self.accelerator._custom_objects):  # whole on every rank (EMA)
                 load_custom_state(obj, str(path), index)
         finally:
@@ -473,7 +467,9 @@ class Engine:
                 error = write_error(lambda: accelerator.save_state(str(checkpoint)))
                 raise_if_final_save_failed(accelerator, error, self.output_dir)
                 if accelerator.is_main_process:
-                    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+                    from deepspeed.utils.zero_to_fp32 import (  # DeepSpeed runs only
+                        get_fp32_state_dict_from_zero_checkpoint,
+                    )
 
                     final = model_class(config)
                     final.load_state_dict(
