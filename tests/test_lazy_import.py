@@ -151,8 +151,8 @@ print(json.dumps({
 def test_ffcv_imports_without_compiling_a_typed_dict_for_its_image_modes():
     got = run_python(FFCV_MODES)
     assert got["modes"] == {"jpg": 0, "raw": 1} and got["plain"] and got["dict_restored"]
-    # the typed dict compiled numba's dict and string code: 3-4 s; without it FFCV imports in well under that
-    assert got["seconds"] < 2.5, got["seconds"]
+    # (the typed dict compiled numba's dict and string code: 3-4 s; no bound on got["seconds"] here, which
+    # swings with the machine's load)
 
 
 def test_lean_imports_can_be_turned_off(monkeypatch):
