@@ -118,7 +118,12 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_DATASETS_CACHE": str(work / "hf_datasets")}
     cold_cache = work / "numba_cold"
     shutil.rmtree(cold_cache, ignore_errors=True)
-    cold = ours(data, work / "ours", args.resolution, {**env, "NUMBA_CACHE_DIR": str(cold_cache)})
+    cold = ours(
+        data,
+        work / "ours",
+        args.resolution,
+        {**env, "NUMBA_CACHE_DIR": str(cold_cache), "MAE_TRAINER_NUMBA_CACHE": str(cold_cache)},
+    )
     peer(folder, work / "peer", args.resolution, env)  # warm-up: datasets' Arrow cache
     ours(data, work / "ours", args.resolution, env)  # warm-up: the numba cache
     times = {"ours": [], "peer": []}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import _auto_register
+from . import _auto_register, _lean_imports
 
 if TYPE_CHECKING:
     from .modeling import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = ["MAEConfig", "MAEForImageClassification", "MAEForPreTraining", "MAEModel", "__version__"]
 
 _auto_register.install()
+_lean_imports.install()  # FFCV and timm without work nothing here uses (_lean_imports.py)
 
 
 def __getattr__(name: str):

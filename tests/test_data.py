@@ -147,6 +147,26 @@ def test_training_loader_yields_uint8_crops_of_each_image_once(demo_beton):
     assert sorted(all_labels.tolist()) == sorted(np.repeat(np.arange(16), 32).tolist())  # each image once
 
 
+@pytest.mark.parametrize("write_mode", ["jpg", "raw"])
+def test_fixed_images_are_the_eval_loaders_centre_crops(jpeg_folder, tmp_path, write_mode):
+    """The reconstruction grids' images, decoded without a loader, are the evaluation loader's pixels
+    (FFCV's centre-crop decoder) of the same evenly spread samples, JPEG or raw."""
+    from mae_trainer.data.eval_loader import eval_loader, fixed_images
+
+    path = tmp_path / f"{write_mode}.beton"
+    write_beton(image_folder_source(jpeg_folder), path, WriteSettings(write_mode=write_mode, num_workers=1))
+    total = check_beton(path)
+    for resolution, count in [(48, 5), (96, 3), (64, total + 4)]:
+        images = fixed_images(path, resolution, count)
+        spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
+        loader = eval_loader(
+            path, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread
+        )
+        expected = next(iter(loader))[0]
+        assert images.dtype == torch.uint8 and images.shape == (len(spread), 3, resolution, resolution)
+        assert images.is_contiguous() and torch.equal(images, expected)
+
+
 def test_check_beton_rejects_other_files(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         check_beton(tmp_path / "missing.beton")

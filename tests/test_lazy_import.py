@@ -62,7 +62,7 @@ loaded = {{
     "classification": AutoModelForImageClassification.from_pretrained(folder, num_labels=3),
 }}
 names = {{key: type(value).__module__ + "." + type(value).__name__ for key, value in loaded.items()}}
-finders = [type(f).__module__ for f in sys.meta_path if type(f).__module__.startswith("mae_trainer")]
+finders = [type(f).__module__ for f in sys.meta_path if type(f).__module__ == "mae_trainer._auto_register"]
 print(json.dumps({{"names": names, "finders": finders}}))
 """
 
@@ -129,4 +129,56 @@ def test_names_are_importable_from_the_package():
         "classes": ["MAEForImageClassification", "MAEForPreTraining", "MAEModel"],
         "presets": True,
         "missing": "module 'mae_trainer' has no attribute 'NotAName'",
+    }
+
+
+FFCV_MODES = """
+import json, sys, time
+import mae_trainer  # puts the _lean_imports finder on sys.meta_path
+import numba.typed
+typed = numba.typed.Dict
+start = time.perf_counter()
+import ffcv
+from ffcv.fields.rgb_image import IMAGE_MODES
+seconds = time.perf_counter() - start
+print(json.dumps({
+    "modes": dict(IMAGE_MODES), "plain": type(IMAGE_MODES) is dict,
+    "dict_restored": numba.typed.Dict is typed, "seconds": seconds,
+}))
+"""
+
+
+def test_ffcv_imports_without_compiling_a_typed_dict_for_its_image_modes():
+    got = run_python(FFCV_MODES)
+    assert got["modes"] == {"jpg": 0, "raw": 1} and got["plain"] and got["dict_restored"]
+    # (the typed dict compiled numba's dict and string code: 3-4 s; no bound on got["seconds"] here, which
+    # swings with the machine's load)
+
+
+def test_lean_imports_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MAE_TRAINER_LEAN_IMPORTS", "0")
+    got = run_python(FFCV_MODES)
+    assert got["modes"] == {"jpg": 0, "raw": 1} and not got["plain"] and got["dict_restored"]
+
+
+def test_timm_imports_without_wandb_which_imports_as_usual_afterwards():
+    code = """
+import json, sys
+import mae_trainer
+from timm.optim import param_groups_weight_decay
+from mae_trainer.modeling import MAEForPreTraining
+after_timm = "wandb" in sys.modules
+import wandb, timm.utils.summary
+finders = [type(f).__module__ for f in sys.meta_path if type(f).__module__ == "mae_trainer._lean_imports"]
+print(json.dumps({"after_timm": after_timm, "wandb": wandb.__name__, "finders": finders,
+                  "summary_wandb": hasattr(timm.utils.summary, "wandb")}))
+"""
+    pytest.importorskip("wandb")
+    got = run_python(code)
+    # timm's step is done; the finder stays on sys.meta_path for FFCV, which neither line imports
+    assert got == {
+        "after_timm": False,
+        "wandb": "wandb",
+        "finders": ["mae_trainer._lean_imports"],
+        "summary_wandb": False,
     }

@@ -76,9 +76,35 @@ def eval_loader(
 
 def fixed_images(data: Path, resolution: int, count: int):
     """``count`` images spread evenly over ``data`` (so across classes), centre-cropped: the same ones in
-    every reconstruction grid of a run, so the grids show progress."""
+    every reconstruction grid of a run, so the grids show progress. A uint8 ``(count, 3, resolution,
+    resolution)`` tensor.
+
+    The pixels of :func:`eval_loader` (FFCV's ``CenterCropRGBImageDecoder``, ``crop_ratio`` 1), made by the
+    same C functions (FFCV's ``imdecode`` and ``resize``, OpenCV's INTER_AREA) on the same crop box, but
+    called from Python: a loader would compile FFCV's pipeline with numba for these few images, and its
+    centre-crop decoder's ctypes calls keep numba from caching it (a second in every run)."""
+    import torch
+    from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.reader import Reader
+
     total = check_beton(data)
     spread = np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()
-    loader = eval_loader(data, batch_size=len(spread), resolution=resolution, num_workers=1, indices=spread)
-    images = next(iter(loader))[0]  # (images, labels), or (images,) for a file without labels
-    return images.clone()  # FFCV reuses its output buffers
+    reader = Reader(str(data))
+    field = reader.metadata[f"f{reader.field_names.index('image')}"]
+    table = reader.alloc_table
+    sizes = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    stored = np.memmap(data, dtype=np.uint8, mode="r")
+    images = np.empty((len(spread), resolution, resolution, 3), dtype=np.uint8)
+    for out, index in zip(images, spread):
+        sample = field[index]
+        height, width, ptr = int(sample["height"]), int(sample["width"]), int(sample["data_ptr"])
+        if int(sample["mode"]) == IMAGE_MODES["jpg"]:
+            pixels = np.empty((height, width, 3), dtype=np.uint8)
+            source = np.ascontiguousarray(stored[ptr : ptr + sizes[ptr]])
+            imdecode(source, pixels, height, width, height, width, 0, 0, 1, 1, False, False)
+        else:
+            pixels = np.ascontiguousarray(stored[ptr : ptr + height * width * 3]).reshape(height, width, 3)
+        row, col, h, w = get_center_crop(height, width, None, 1.0)
+        resize_crop(pixels, row, row + h, col, col + w, out)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
