@@ -13,7 +13,8 @@ classes, so it happens when they exist:
   finders after it for the real spec and wraps its loader, so that right after the module's code has run
   our classes are registered with it (:data:`CONFIG_AUTO`: ``MAEConfig`` only, which needs no timm;
   :data:`MODELING_AUTO`: the models). It puts the original loader back on the module and leaves
-  ``sys.meta_path`` once both have fired.
+  ``sys.meta_path`` once both have fired (the hook itself: ``_import_hook.py``, shared with
+  ``_lean_imports.py``).
 
 Why after the module's own code, and why one step per module: ``AutoModel.register`` needs the finished
 :data:`MODELING_AUTO`, but :data:`CONFIG_AUTO` finishes while :data:`MODELING_AUTO` is still half imported,
@@ -28,8 +29,11 @@ that never uses our model. Each process registers for itself (``spawn`` children
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
+
+from ._import_hook import Finder
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
 MODELING_AUTO = "transformers.models.auto.modeling_auto"
@@ -64,57 +68,19 @@ def _run(step, module) -> None:
         )
 
 
-class _RegisteringLoader:
-    """The real loader, plus one registration step right after ``exec_module``."""
+def _after(step):
+    """The hook's step for a module: ``step`` runs on it right after its code ran (not on an error)."""
 
-    def __init__(self, loader, finder: _Finder) -> None:
-        self.loader = loader
-        self.finder = finder
+    @contextlib.contextmanager
+    def around(module):
+        yield
+        _run(step, module)
 
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self.loader.exec_module(module)
-        module.__loader__ = module.__spec__.loader = self.loader
-        self.finder.fired(module)
-
-    def __getattr__(self, name: str):  # get_source, get_filename, is_package, ...
-        return getattr(self.__dict__["loader"], name)
+    return around
 
 
-class _Finder:
-    """First on ``sys.meta_path`` until both Auto modules are imported; answers for nothing else."""
-
-    def __init__(self, pending: dict) -> None:
-        self.pending = pending
-
-    def find_spec(self, fullname: str, path=None, target=None):
-        if fullname not in self.pending:
-            return None
-        for finder in list(sys.meta_path):
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisteringLoader(spec.loader, self)
-                return spec
-        return None
-
-    def fired(self, module) -> None:
-        step = self.pending.pop(module.__name__, None)
-        if not self.pending:
-            self.uninstall()
-        if step is not None:
-            _run(step, module)
-
-    def uninstall(self) -> None:
-        while self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-    def invalidate_caches(self) -> None:
-        pass
+class _Finder(Finder):
+    """First on ``sys.meta_path`` until both Auto modules are imported (``_import_hook.Finder``)."""
 
 
 def install() -> None:
@@ -129,4 +95,4 @@ def install() -> None:
         else:
             _run(step, module)
     if pending:
-        sys.meta_path.insert(0, _Finder(pending))
+        sys.meta_path.insert(0, _Finder({name: _after(step) for name, step in pending.items()}))

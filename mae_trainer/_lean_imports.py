@@ -14,10 +14,10 @@
   (``--report-to wandb``) imports it as usual. When wandb is already imported, nothing changes.
 
 :func:`install` (called by ``mae_trainer/__init__.py``, so before any import of ours of either) puts a
-:class:`_Finder` first on ``sys.meta_path`` that answers for ``ffcv.fields.rgb_image`` and ``timm`` alone:
-it wraps the module's loader so that the change above holds while the module's code runs (undone right
-after, also on an error), and leaves ``sys.meta_path`` once both have fired. Nothing changes for a module
-imported before ``mae_trainer``. ``MAE_TRAINER_LEAN_IMPORTS=0`` turns both off.
+:class:`_Finder` (``_import_hook.py``) first on ``sys.meta_path`` that answers for ``ffcv.fields.rgb_image``
+and ``timm`` alone: it wraps the module's loader so that the change above holds while the module's code
+runs (undone right after, also on an error), and leaves ``sys.meta_path`` once both have fired. Nothing
+changes for a module imported before ``mae_trainer``. ``MAE_TRAINER_LEAN_IMPORTS=0`` turns both off.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ import os
 import sys
 from collections.abc import Iterator
 
+from ._import_hook import Finder
+
 FFCV_MODES = "ffcv.fields.rgb_image"
 TIMM = "timm"
 ENV = "MAE_TRAINER_LEAN_IMPORTS"
 
 
 @contextlib.contextmanager
-def _plain_dict() -> Iterator[None]:
+def _plain_dict(module=None) -> Iterator[None]:
     import numba.typed
 
     typed = numba.typed.Dict
@@ -45,7 +47,7 @@ def _plain_dict() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _without_wandb() -> Iterator[None]:
+def _without_wandb(module=None) -> Iterator[None]:
     if "wandb" in sys.modules:  # imported already (or blocked by someone else): leave it
         yield
         return
@@ -60,55 +62,8 @@ def _without_wandb() -> Iterator[None]:
 STEPS = {FFCV_MODES: _plain_dict, TIMM: _without_wandb}
 
 
-class _LeanLoader:
-    """The real loader; the module's step holds while its code runs."""
-
-    def __init__(self, loader, step) -> None:
-        self.loader = loader
-        self.step = step
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        try:
-            with self.step():
-                self.loader.exec_module(module)
-        finally:
-            module.__loader__ = module.__spec__.loader = self.loader
-
-    def __getattr__(self, name: str):  # get_source, get_filename, is_package, ...
-        return getattr(self.__dict__["loader"], name)
-
-
-class _Finder:
-    """First on ``sys.meta_path`` until both modules are imported; answers for nothing else."""
-
-    def __init__(self, pending: dict) -> None:
-        self.pending = pending
-
-    def find_spec(self, fullname: str, path=None, target=None):
-        step = self.pending.pop(fullname, None)
-        if step is None:
-            return None
-        if not self.pending:
-            self.uninstall()
-        for finder in list(sys.meta_path):
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _LeanLoader(spec.loader, step)
-                return spec
-        return None
-
-    def uninstall(self) -> None:
-        while self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-    def invalidate_caches(self) -> None:
-        pass
+class _Finder(Finder):
+    """First on ``sys.meta_path`` until both modules are imported (``_import_hook.Finder``)."""
 
 
 def install() -> None:
