@@ -32,7 +32,7 @@ from mae_trainer.data.batch_augment import BatchAugment, augment_seed
 from mae_trainer.data.labelled import LabelledImages, open_labelled, train_transform
 from mae_trainer.data.resolution import ResolutionSchedule
 from mae_trainer.data.train_loader import ProgressiveLoader
-from mae_trainer.training.engine import keep_host_memory
+from mae_trainer.training.accelerator import keep_host_memory
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RESOLUTION, REPROB = 224, 0.25
@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--no-host-heap", action="store_true", help="leave glibc's malloc as it is (engine.keep_host_memory)"
+        "--no-host-heap", action="store_true", help="leave glibc's malloc as it is (keep_host_memory)"
     )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path per round")
@@ -78,7 +78,7 @@ def main() -> None:
     source = open_labelled(folder)
     classes = len(source.classes)
 
-    if not args.no_host_heap:  # what a training command does on the CPU, for both paths (engine.py)
+    if not args.no_host_heap:  # what a training command does on the CPU, for both paths (accelerator.py)
         keep_host_memory()
     transform = train_transform(RESOLUTION, "randaug", MEAN, STD, REPROB)
     data = LabelledImages(source, range(len(source)), transform)

@@ -1,7 +1,7 @@
-"""AdamW step time: torch's fused kernel (what ``mae_trainer.training.engine.adamw`` picks where the device
-has one) against torch's default AdamW (``foreach``), on the real parameters and gradients of an MAE, in
-one process, timed in alternation so machine noise hits both alike. fp32 (the master weights ZeRO-1 steps).
-One JSON line: ``ratio`` = fused ÷ default step time (below 1: fused is faster).
+"""AdamW step time: torch's fused kernel (what ``mae_trainer.training.accelerator.adamw`` picks where the
+device has one) against torch's default AdamW (``foreach``), on the real parameters and gradients of an
+MAE, in one process, timed in alternation so machine noise hits both alike. fp32 (the master weights
+ZeRO-1 steps). One JSON line: ``ratio`` = fused ÷ default step time (below 1: fused is faster).
 
     .venv/bin/python benchmarks/fused_adamw.py [--preset small] [--steps 20] [--rounds 3]
 """

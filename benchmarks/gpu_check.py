@@ -13,7 +13,7 @@ Cases:
   ``ViTMAEForPreTraining`` of the same shapes (hidden 768×12, decoder 512×8, norm_pix_loss, sdpa
   attention; built at 224 px, ``interpolate_pos_encoding=True`` at 160 / 192 as a progressive run with it
   would do). Both sides step with the trainer's optimizer (``engine.adamw``: fused AdamW on CUDA). Eager
-  first, then both compiled as ``pretrain --compile`` compiles (``engine.compile_in_place``:
+  first, then both compiled as ``pretrain --compile`` compiles (``accelerator.compile_in_place``:
   ``nn.Module.compile`` in place, ``dynamic=False``): static shapes, **one graph per stage** (a stage lasts
   hundreds of epochs, so a compile per side and stage is paid once, and each stage gets kernels for its own
   shapes; our position table is computed inside the graph under compile, so its cache adds no recompile).
@@ -127,7 +127,7 @@ def model_child(args: argparse.Namespace) -> None:
     from mae_trainer import MAEConfig
     from mae_trainer.data.normalize import normalize, stats_tensor
     from mae_trainer.modeling.flops import mae_training_flops_per_image
-    from mae_trainer.training.engine import compile_in_place
+    from mae_trainer.training.accelerator import compile_in_place
     from mae_trainer.training.throughput import peak_bf16_tflops, window_throughput
 
     config = MAEConfig.from_preset(args.preset, image_size=STAGES[-1][0], mask_ratio=STAGES[-1][1])
@@ -165,7 +165,7 @@ def model_child(args: argparse.Namespace) -> None:
 
     def train_step(side, images, mask) -> None:
         """One training step of ``side`` as ``pretrain`` runs it (lr, normalise on the device, micro-step)."""
-        side.engine.set_lr(side.optimizer, 1.5e-4, 0)
+        side.engine.set_lr(side.optimizer)
         pixels = normalize(images, mean, std, side.dtype)
         side.engine.micro_step(
             side.model, side.optimizer, side.forward(pixels, mask), images=args.batch, where=TAG
@@ -251,7 +251,7 @@ def model_child(args: argparse.Namespace) -> None:
                 "resolution": resolution,
                 "mask_ratio": mask,
                 "compile": (
-                    f"pretrain --compile (engine.compile_in_place: nn.Module.compile(backend="
+                    f"pretrain --compile (accelerator.compile_in_place: nn.Module.compile(backend="
                     f"{args.compile_backend!r}, dynamic=False) in place, static shapes, one graph per stage)"
                     if compiled
                     else "off"
@@ -321,9 +321,11 @@ def build_side(kind: str, config, batch: int, work: Path, total_steps: int) -> S
     from mae_trainer import MAEForPreTraining
     from mae_trainer.config import TrainingConfig
     from mae_trainer.modeling.convert import vit_mae_config
-    from mae_trainer.training.engine import Engine, adamw
+    from mae_trainer.training.accelerator import adamw, make_accelerator
+    from mae_trainer.training.engine import Engine
 
-    engine = Engine(TrainingConfig(output_dir=work / kind, batch_size=batch), micro_batch=batch, name=kind)
+    training = TrainingConfig(output_dir=work / kind, batch_size=batch)
+    accelerator = make_accelerator(training, name=kind, micro_batch=batch)
     torch.manual_seed(0)
     if kind == "ours":
         raw = MAEForPreTraining(config)
@@ -337,10 +339,12 @@ def build_side(kind: str, config, batch: int, work: Path, total_steps: int) -> S
         no_decay = {"vit.embeddings.cls_token", "decoder.mask_token"}
     raw.train()
     groups = param_groups_weight_decay(raw, 0.05, no_decay)
-    optimizer = adamw(groups, 1.5e-4, (0.9, 0.95), engine.device)  # the trainer's: fused on CUDA
-    model, optimizer = engine.prepare(raw, optimizer)
+    optimizer = adamw(groups, 1.5e-4, (0.9, 0.95), accelerator.device)  # the trainer's: fused on CUDA
+    model, optimizer = accelerator.prepare(raw, optimizer)
+    engine = Engine(
+        accelerator, training, name=kind, total_steps=total_steps, peak_lr=1.5e-4, warmup_steps=0, hparams={}
+    )
     assert engine.deepspeed, "expected a DeepSpeed engine (launch with an accelerate config)"
-    engine.start(total_steps, {}, fresh=True)
     return Side(kind, engine, model, raw, optimizer)
 
 

@@ -52,17 +52,21 @@ def child(output_dir: Path, batch: int, side: int) -> None:
 
     from mae_trainer import MAEConfig, MAEForPreTraining
     from mae_trainer.config import TrainingConfig
+    from mae_trainer.training.accelerator import make_accelerator
     from mae_trainer.training.engine import Engine
 
-    engine = Engine(TrainingConfig(output_dir=output_dir, batch_size=batch), micro_batch=batch, name="zero")
+    config = TrainingConfig(output_dir=output_dir, batch_size=batch)
+    accelerator = make_accelerator(config, name="zero", micro_batch=batch)
     torch.manual_seed(0)
     model = MAEForPreTraining(MAEConfig.from_preset("base"))
     params = sum(p.numel() for p in model.parameters())
     groups = param_groups_weight_decay(model, 0.05, model.no_weight_decay())
     optimizer = torch.optim.AdamW(groups, lr=1.5e-4, betas=(0.9, 0.95))
-    model, optimizer = engine.prepare(model, optimizer)
-    engine.start(1, {}, fresh=True)
-    engine.set_lr(optimizer, 1.5e-4, 0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    engine = Engine(
+        accelerator, config, name="zero", total_steps=1, peak_lr=1.5e-4, warmup_steps=0, hparams={}
+    )
+    engine.set_lr(optimizer)
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch, 3, side, side, device=engine.device).to(dtype)
     engine.micro_step(model, optimizer, lambda: model(x, mask_ratio=0.75), images=batch, where="benchmark")

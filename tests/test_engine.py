@@ -16,6 +16,7 @@ import mae_trainer
 from mae_trainer.config import TrainingConfig
 from mae_trainer.errors import TrainingError
 from mae_trainer.modeling import MAEConfig, MAEForPreTraining
+from mae_trainer.training.accelerator import make_accelerator
 from mae_trainer.training.checkpoint import complete_checkpoints
 from mae_trainer.training.engine import Engine
 
@@ -45,23 +46,31 @@ class CountHostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def make_run(tmp_path, **overrides):
+def make_run(tmp_path, total_steps: int, warmup_steps: int, **overrides):
     config = TrainingConfig(output_dir=tmp_path / "run", batch_size=4, log_every=4, **overrides)
-    engine = Engine(config, micro_batch=4, name="test")
+    accelerator = make_accelerator(config, name="test", micro_batch=4)
     torch.manual_seed(0)
     model = MAEForPreTraining(MAEConfig.from_preset("tiny", image_size=32, patch_size=16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model, optimizer = engine.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    engine = Engine(
+        accelerator,
+        config,
+        name="test",
+        total_steps=total_steps,
+        peak_lr=1e-3,
+        warmup_steps=warmup_steps,
+        hparams={},
+    )
     return engine, model, optimizer
 
 
 def test_one_host_read_per_log_step_and_none_between(tmp_path):
-    engine, model, optimizer = make_run(tmp_path, grad_accum=2)
-    engine.start(8, {}, fresh=True)
+    engine, model, optimizer = make_run(tmp_path, 8, 2, grad_accum=2)
     images = torch.randn(4, 3, 32, 32)
     hot, at_log = [], []
     while not engine.done:
-        engine.set_lr(optimizer, 1e-3, 2)
+        engine.set_lr(optimizer)
         with CountHostReads() as counter:
             _, stepped = engine.micro_step(
                 model,
@@ -88,12 +97,11 @@ def test_one_host_read_per_log_step_and_none_between(tmp_path):
 
 @pytest.mark.parametrize("stop_at", ["log", "checkpoint"])
 def test_nonfinite_loss_stops_at_the_next_log_or_checkpoint_naming_its_step(tmp_path, stop_at):
-    engine, model, optimizer = make_run(tmp_path)
-    engine.start(12, {}, fresh=True)
+    engine, model, optimizer = make_run(tmp_path, 12, 0)
     images = torch.randn(4, 3, 32, 32)
     for _ in range(4):  # steps 1-4, a log at 4, then a good checkpoint
         engine.micro_step(model, optimizer, lambda: model(images, mask_ratio=0.75), images=4, where="ok")
-        engine.set_lr(optimizer, 1e-3, 0)
+        engine.set_lr(optimizer)
     engine.log(0)
     good = engine.checkpoint({}, keep_last=2)
 

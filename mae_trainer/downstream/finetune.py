@@ -1,7 +1,7 @@
 """Fine-tuning (``mae-trainer finetune``): the reference MAE fine-tune recipe on a pre-trained encoder, at the
-scale and with the safety of pre-training. Read top to bottom: engine → data → optimizer → resume → loop
-(lr, step, EMA, log, checkpoint) → evaluation and best model per epoch → results → push. What the run is
-(splits, model, layout, resume contract) was settled before, by ``finetune_plan.check``.
+scale and with the safety of pre-training. Read top to bottom: accelerator → data → optimizer → resume →
+engine → loop (lr, step, EMA, log, checkpoint) → evaluation and best model per epoch → results → push.
+What the run is (splits, model, layout, resume contract) was settled before, by ``finetune_plan.check``.
 
 ``MAEForImageClassification.from_pretrained`` (global-average pool + ``fc_norm`` or the class token,
 stochastic depth) → AdamW with layer-wise lr decay (timm's ``param_groups_layer_decay``, 0.65) and
@@ -42,8 +42,9 @@ from ..hub import push_run
 from ..modeling import MAEForImageClassification
 from ..provenance import PROVENANCE, license_of, origin_of, write_provenance
 from ..publish import publish_folder, publish_text
+from ..training.accelerator import adamw, make_accelerator, resume
 from ..training.checkpoint import raise_if_final_save_failed, write_error
-from ..training.engine import Engine, adamw
+from ..training.engine import Engine
 from ..training.lifecycle import StopSignals
 from ..training.run_state import loads_universal
 from ..training.schedules import optimizer_steps_before, scaled_lr
@@ -98,27 +99,26 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
 
     layout = plan.layout
     classes = plan.source.classes
-    model = plan.model  # loaded by check, before the engine: a refused model leaves no output folder
+    model = plan.model  # loaded by check, before the accelerator: a refused model leaves no output folder
     model_config = model.config
-    engine = Engine(
+    accelerator = make_accelerator(
         config,
+        name="finetune",
         micro_batch=layout.batch,
         grad_accum=layout.accumulation,
-        name="finetune",
-        metric_prefix="train/",
         load_universal=loads_universal(plan.resume, layout),
-        cosine=plan.run.cosine,
     )
-    stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
+    device = accelerator.device
+    stop = StopSignals(accelerator.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step
     ema = None
     if config.ema_decay > 0:
         # fp32 copy of the fp32 weights, made before DeepSpeed casts the model to BF16
-        ema = ModelEmaV3(model, decay=config.ema_decay, device=engine.device, dtype=torch.float32)
+        ema = ModelEmaV3(model, decay=config.ema_decay, device=device, dtype=torch.float32)
         ema.module.eval()
-        engine.keep_in_checkpoints(ema)
+        accelerator.register_for_checkpointing(ema)  # saved with every checkpoint, loaded on any layout
 
     mean, std = list(model_config.image_mean), list(model_config.image_std)
-    resolution, device = plan.resolution, engine.device
+    resolution = plan.resolution
     common = {"batch_size": layout.batch, "seed": config.seed, "accumulation": layout.accumulation,
               "num_workers": config.num_workers, "device": device}  # fmt: skip
     if plan.loader == "ffcv":
@@ -139,7 +139,7 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     def held_out():
         return eval_batches(
             plan.val_source, plan.val, resolution=resolution, mean=mean, std=std, batch_size=layout.batch,
-            num_workers=config.num_workers, rank=engine.accelerator.process_index, world=engine.num_processes,
+            num_workers=config.num_workers, rank=accelerator.process_index, world=accelerator.num_processes,
             device=device,
         )  # fmt: skip
 
@@ -151,9 +151,9 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     )
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, layout.global_batch)
     optimizer = adamw(groups, peak_lr, (0.9, 0.999), device)
-    model, optimizer = engine.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
     dtype = next(model.parameters()).dtype
-    unwrapped = engine.accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)
     warmup_steps = optimizer_steps_before(
         config.warmup_epochs, [plan.batches] * config.epochs, layout.accumulation
     )
@@ -165,7 +165,7 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     )  # fmt: skip
 
     resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
-    if engine.is_main:
+    if accelerator.is_main_process:
         resolved.write_recipe(config.output_dir / RESOLVED_CONFIG)
         if plan.resume is None:  # a fresh run: where its model comes from, for the model card
             license = config.hub_license or license_of(
@@ -176,22 +176,34 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
     start_epoch, best = 0, {}
     point = plan.resume
     if point is not None:
-        state = engine.resume(point.path, point.state, point.saved.layout, model, optimizer)
+        resume(accelerator, point.path, point.saved.layout, model, optimizer)
+        state = point.state
         data.load_state_dict(state["sampler"])
         start_epoch, best = state["sampler"]["epoch"], state.get("best", {})
         if point.layout_note:
-            engine.print(point.layout_note)
-        engine.print(
-            f"resumed from {point.path} at step {engine.step} (epoch {start_epoch}, "
+            accelerator.print(point.layout_note)
+        accelerator.print(
+            f"resumed from {point.path} at step {state['step']} (epoch {start_epoch}, "
             f"{state['sampler']['samples']} images into it)"
         )
-    engine.start(plan.total_steps, resolved.to_recipe(), fresh=point is None)
+    engine = Engine(
+        accelerator,
+        config,
+        name="finetune",
+        total_steps=plan.total_steps,
+        peak_lr=peak_lr,
+        warmup_steps=warmup_steps,
+        hparams=resolved.to_recipe(),
+        resumed_at=None if point is None else point.state["step"],
+        metric_prefix="train/",
+        cosine=plan.run.cosine,
+    )
     if point is None:
         engine.print(
             f"fine-tuning {config.model} ({model_config.global_pool} pool, {len(classes)} classes, "
             f"{len(plan.train)} train / {len(plan.val)} held-out images) at {resolution}px with the "
             f"{plan.loader} loader on {engine.num_processes} process(es) "
-            f"({engine.accelerator.distributed_type}, {dtype}); effective batch {layout.global_batch}, "
+            f"({accelerator.distributed_type}, {dtype}); effective batch {layout.global_batch}, "
             f"peak lr {peak_lr:.3g}, layer decay {config.layer_decay}, {plan.total_steps} steps"
             + (f", EMA {config.ema_decay}" if ema else "")
         )
@@ -209,7 +221,7 @@ def train(config: FinetuneConfig, plan: Plan) -> dict:
         if engine.done:
             break
         for batch in engine.timed(data.epoch(epoch)):
-            engine.set_lr(optimizer, peak_lr, warmup_steps)
+            engine.set_lr(optimizer)
             images, labels = batch.images, batch.labels
             if mixup is not None:
                 images, targets = mix(mixup, images, labels, batch.seed)

@@ -3,6 +3,10 @@
 Read top to bottom: position table → masking → encoder (``MAEModel``) → decoder → pre-training head
 (``MAEForPreTraining``). Blocks come from timm (fused qkv + ``F.scaled_dot_product_attention``), so the
 encoder's state-dict names are timm's ViT names under the ``mae.`` prefix.
+
+Over 400 lines and kept whole on purpose: it is one architecture, and one ``modeling_*.py`` per architecture
+is the convention of transformers (``modeling_vit_mae.py`` is ~1000 lines) that a reader of a Hub model
+expects; the pieces (position table, masking, encoder, decoder, head) call each other and nothing else.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ not architecture (the position tables are fixed sin-cos, computed for each grid)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ConfigError, about
@@ -73,14 +74,12 @@ def load_init_weights(model, folder: Path) -> None:
     model.load_state_dict(source.state_dict(), strict=True)
 
 
-def init_weights(engine, model, spec: str | None, plan) -> None:
-    """``--init-from``: load the checked folder of ``plan`` into ``model`` before ``engine.prepare`` (so that
-    DeepSpeed's master weights are these), and say where the weights came from; a checkpoint to resume from
-    wins over it (the command line of a preempted run stays the same)."""
+def init_weights(say: Callable[[str], None], model, spec: str | None, plan) -> None:
+    """``--init-from``: load the checked folder of ``plan`` into ``model`` before ``accelerator.prepare`` (so
+    that DeepSpeed's master weights are these), and ``say`` where the weights came from; a checkpoint to
+    resume from wins over it (the command line of a preempted run stays the same)."""
     if plan.init_from is not None:
         load_init_weights(model, plan.init_from)
-        engine.print(
-            f"weights from --init-from {spec} ({plan.init_from}); optimizer, lr and data start fresh"
-        )
+        say(f"weights from --init-from {spec} ({plan.init_from}); optimizer, lr and data start fresh")
     elif spec is not None:
-        engine.print(f"--init-from {spec} not used: resuming from the checkpoint {plan.resume.path}")
+        say(f"--init-from {spec} not used: resuming from the checkpoint {plan.resume.path}")

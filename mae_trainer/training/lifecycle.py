@@ -199,7 +199,8 @@ def claim_output_dir(folder: Path) -> None:
 
 class StopSignals:
     """SIGTERM and SIGUSR1 set a flag; :meth:`requested`, called by every rank after every optimizer step,
-    says whether any rank got one. Created once the process group exists (``Engine``), on every rank."""
+    says whether any rank got one. Created on every rank once the process group exists
+    (``make_accelerator``)."""
 
     def __init__(self, num_processes: int):
         self.received = self.signum = 0

@@ -1,10 +1,12 @@
 """MAE pre-training (``mae-trainer pretrain``), read top to bottom like nanoGPT's train.py:
-engine → model → data → optimizer → resume → loop (lr, step, log, checkpoint) → save → push. What the
+accelerator → model → data → optimizer → resume → engine → loop (lr, step, log, checkpoint) → save →
+push. What the
 run is (schedule, batches, resume contract) was settled before, by ``pretrain_plan.check``.
 
 Runs as is (one process, no DeepSpeed) or under ``accelerate launch`` with a DeepSpeed config
 (ZeRO-1, BF16: ``accelerate_configs/*.yaml`` → ``ds_configs/zero1_bf16.json``). The machinery shared
-with fine-tuning (accelerator, micro-step, lr, metrics, checkpoints, fp32 save) is ``engine.py``.
+with fine-tuning is ``accelerator.py`` (process group, optimizer, resume) and ``engine.py`` (micro-step,
+lr, metrics, checkpoints, fp32 save).
 
 The image size in plain sight: ``config`` → ``pretrain_plan.make_schedule`` → ``schedule.stage(epoch)``
 → ``ProgressiveLoader.epoch`` sets the decoder's ``output_size`` → ``batch`` → ``model(pixels,
@@ -31,7 +33,8 @@ from ..modeling import MAEConfig, MAEForPreTraining
 from ..modeling.flops import mae_training_flops_per_image
 from ..modeling.modeling_mae import kept_patches
 from ..provenance import origin_of, write_provenance
-from .engine import Engine, adamw, compile_in_place, compiled_graphs
+from .accelerator import adamw, compile_in_place, compiled_graphs, make_accelerator, resume
+from .engine import Engine
 from .init_from import init_weights
 from .lifecycle import StopSignals
 from .online_eval import OnlineEval
@@ -53,21 +56,21 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     )
     layout = plan.run.layout
     evaluator = OnlineEval(config, plan.batch_size, world_size()) if config.eval_data else None
-    engine = Engine(
+    accelerator = make_accelerator(
         config,
+        name="pretrain",
         micro_batch=layout.batch,
         grad_accum=layout.accumulation,
-        name="pretrain",
         load_universal=plan.load_universal,
-        cosine=plan.run.cosine,
     )
-    stop = StopSignals(engine.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step (lifecycle.py)
+    device = accelerator.device
+    stop = StopSignals(accelerator.num_processes)  # SIGTERM/SIGUSR1 → checkpoint at the next step
     output_dir = config.output_dir
 
     # Same seed everywhere for the weights; a rank-specific one for masks and crops.
     set_seed(config.seed)
     model = MAEForPreTraining(model_config)
-    init_weights(engine, model, config.init_from, plan)  # --init-from, before prepare (init_from.py)
+    init_weights(accelerator.print, model, config.init_from, plan)  # --init-from, before prepare
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     set_seed(config.seed, device_specific=True)
@@ -82,7 +85,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         crop_decode=config.crop_decode,
         interpolation=config.interpolation,
         batches_ahead=config.batches_ahead,
-        device=engine.device,
+        device=device,
     )
     effective_batch = layout.global_batch
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.blr, effective_batch)
@@ -92,7 +95,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
     warmup_steps = optimizer_steps_before(config.warmup_epochs, plan.batches, layout.accumulation)
 
     groups = param_groups_weight_decay(model, config.weight_decay, model.no_weight_decay())
-    optimizer = adamw(groups, peak_lr, (0.9, 0.95), engine.device)
+    optimizer = adamw(groups, peak_lr, (0.9, 0.95), device)
     if config.compile:
         shapes = set()
         for epoch in range(config.epochs):
@@ -101,38 +104,49 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             shapes.add((stage.batch_size, stage.resolution, kept_patches(grid, stage.mask_ratio)))
         compile_in_place(model, graphs=len(shapes))
         graphs_before = compiled_graphs()
-    model, optimizer = engine.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
     dtype = next(model.parameters()).dtype
-    mean = stats_tensor(model_config.image_mean, engine.device)
-    std = stats_tensor(model_config.image_std, engine.device)
+    mean = stats_tensor(model_config.image_mean, device)
+    std = stats_tensor(model_config.image_std, device)
 
     # the per-rank batch and accumulation this run used
     resolved = dataclasses.replace(config, batch_size=layout.batch, grad_accum=layout.accumulation)
-    if engine.is_main:
+    if accelerator.is_main_process:
         resolved.write_recipe(output_dir / RESOLVED_CONFIG)
         if plan.resume is None:  # a fresh run: where its model comes from, for the model card
             write_provenance(output_dir, base_model=origin_of(config.init_from),
                              datasets=config.dataset_names, license=config.hub_license)  # fmt: skip
     recon_images = None
-    if engine.is_main and config.recon_images > 0:
+    if accelerator.is_main_process and config.recon_images > 0:
         recon_images = fixed_images(config.recon_data or config.data, config.resolution, config.recon_images)
     start_epoch = 0
     point = plan.resume
     if point is not None:
-        state = engine.resume(point.path, point.state, point.saved.layout, model, optimizer)
-        start_epoch = state["sampler"]["epoch"]
-        loader.load_state_dict(state["sampler"])
+        resume(accelerator, point.path, point.saved.layout, model, optimizer)
+        sampler = point.state["sampler"]
+        start_epoch = sampler["epoch"]
+        loader.load_state_dict(sampler)
         if point.layout_note:
-            engine.print(point.layout_note)
-        engine.print(
-            f"resumed from {point.path} at step {engine.step} (epoch {start_epoch}, "
-            f"{state['sampler']['samples']} images into it)"
+            accelerator.print(point.layout_note)
+        accelerator.print(
+            f"resumed from {point.path} at step {point.state['step']} (epoch {start_epoch}, "
+            f"{sampler['samples']} images into it)"
         )
-    engine.start(total_steps, resolved.to_recipe(), fresh=plan.resume is None)
-    if plan.resume is None:
+    engine = Engine(
+        accelerator,
+        config,
+        name="pretrain",
+        total_steps=total_steps,
+        peak_lr=peak_lr,
+        warmup_steps=warmup_steps,
+        hparams=resolved.to_recipe(),
+        resumed_at=None if point is None else point.state["step"],
+        cosine=plan.run.cosine,
+    )
+    if point is None:
         engine.print(
             f"pretraining {config.model} ({config.progressive} schedule, final {config.resolution}px) on "
-            f"{engine.num_processes} process(es) ({engine.accelerator.distributed_type}, {dtype}); "
+            f"{engine.num_processes} process(es) ({accelerator.distributed_type}, {dtype}); "
             f"effective batch {effective_batch}, peak lr {peak_lr:.3g}"
             + (
                 f" ({min(peak_lrs):.3g}-{max(peak_lrs):.3g} over the stages)"
@@ -156,9 +170,9 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
         stage = plan.schedule.stage(epoch)  # what loader.epoch applies; the FLOPs follow it
         flops_per_image = mae_training_flops_per_image(model_config, stage.resolution, stage.mask_ratio)
         for batch in engine.timed(loader.epoch(epoch)):
-            engine.set_lr(optimizer, peak_lrs[epoch], warmup_steps)
-            pixels = normalize(batch.images.to(engine.device, non_blocking=True), mean, std, dtype)
-            noise = batch.mask_noise((batch.resolution // patch) ** 2, engine.device)  # layout-free masks
+            engine.set_lr(optimizer, peak_lrs[epoch])
+            pixels = normalize(batch.images.to(device, non_blocking=True), mean, std, dtype)
+            noise = batch.mask_noise((batch.resolution // patch) ** 2, device)  # layout-free masks
             _, stepped = engine.micro_step(
                 model,
                 optimizer,
@@ -181,7 +195,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             if config.save_every and engine.step % config.save_every == 0 and not engine.done:
                 checkpoint()
             if recon_images is not None and config.recon_every and engine.step % config.recon_every == 0:
-                log_reconstruction(engine, engine.accelerator.unwrap_model(model), recon_images)
+                log_reconstruction(engine, accelerator.unwrap_model(model), recon_images)
             if engine.done:
                 break
         if evaluator is not None:  # before the epoch-end checkpoint: a resumed run never skips one

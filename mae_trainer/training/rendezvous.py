@@ -7,7 +7,7 @@ run before it began. So the process group is created with :func:`rendezvous_time
 ``init_process_group`` uses it for the TCPStore connection and, with gloo, for the full-mesh connection that
 waits for every rank), and :func:`end_rendezvous`, once every rank is there, puts ``--dist-timeout`` on the
 world group and on its store. Groups created later (DeepSpeed's clone of the world group for ZeRO) take
-torch's module default, which :func:`~mae_trainer.training.engine.make_accelerator` sets to
+torch's module default, which :func:`~mae_trainer.training.accelerator.make_accelerator` sets to
 ``--dist-timeout``.
 """
 
