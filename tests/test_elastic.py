@@ -65,15 +65,14 @@ def test_two_ranks_to_one_and_to_a_plain_process_fp32(beton, tmp_path):
     assert to_one <= 1e-6 and to_plain <= 1e-6  # measured 0 and 0 on this machine
 
 
-def test_one_rank_to_two_and_back_bf16(beton, tmp_path):
-    """BF16 ZeRO-1: 1 rank (accumulation 2) → 2 ranks, and 2 ranks → 1 rank, each against the uninterrupted
-    1-rank run (the 2-rank run trains on the same samples, crops and masks)."""
+def test_one_rank_to_two_bf16(beton, tmp_path):
+    """BF16 ZeRO-1: 1 rank (accumulation 2) → 2 ranks, against the uninterrupted 1-rank run (the 2-rank run
+    trains on the same samples, crops and masks). The other direction, 2 ranks → 1, is the fp32 test's: the
+    universal checkpoint holds the fp32 master weights and moments whatever the run's dtype."""
     reference = tmp_path / "reference"
     finish(start(beton, reference, "--grad-accum", "2", launcher="cpu_1proc.yaml", flags=FLAGS))
     one = interrupted(beton, tmp_path / "one", "cpu_1proc.yaml", "--grad-accum", "2")
     resume(beton, one, tmp_path / "one_to_two", "cpu_2proc.yaml", "--grad-accum", "2")
-    two = interrupted(beton, tmp_path / "two", "cpu_2proc.yaml")
-    resume(beton, two, tmp_path / "two_to_one", "cpu_1proc.yaml")
-    up, down = weight_gap(tmp_path / "one_to_two", reference), weight_gap(tmp_path / "two_to_one", reference)
-    print(f"bf16 max |Δ| of the final weights: 1 → 2 ranks {up:.3g}, 2 → 1 ranks {down:.3g}")
-    assert up <= 1e-3 and down <= 1e-3  # bf16 rounding bound; measured 0 and 0 on this machine
+    up = weight_gap(tmp_path / "one_to_two", reference)
+    print(f"bf16 max |Δ| of the final weights: 1 → 2 ranks {up:.3g}")
+    assert up <= 1e-3  # bf16 rounding bound; measured 0 on this machine

@@ -101,17 +101,12 @@ def test_kill_during_save_then_read_only_disk_then_nan_loss(small_beton, tmp_pat
     assert [p.name for p in complete_checkpoints(ckpts)] == complete
     assert digest(last) == saved
 
-    # 3. Resuming with another seed (other crops and masks) is refused before any work, by name.
-    other = run(small_beton, out, "--resume", "auto", "--seed", "6")
-    assert other.returncode != 0
-    assert "--seed: 5 → 6" in other.stderr
-
-    # 4. The intact checkpoint still resumes and the run completes.
+    # 3. The intact checkpoint still resumes and the run completes.
     done = run(small_beton, out, "--resume", "auto")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model.safetensors").exists()
 
-    # 5. A learning rate that blows the weights up (a run of its own: a resumed run cannot change its lr):
+    # 4. A learning rate that blows the weights up (a run of its own: a resumed run cannot change its lr):
     #    step 1 trains at lr 0 (the warmup starts there) and is saved; the next update at 1e29 breaks the
     #    loss. The run stops at the first non-finite loss, names that step and the last good checkpoint,
     #    and writes no checkpoint or model after it.

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import launch_cmd, run_real
+from .conftest import launch_cmd, run_main, run_real
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ print(changed, model(x, noise=torch.rand(2, 16)).loss.item())
     assert changed > 1e-3 and math.isfinite(loss)  # trained weights, finite loss
 
 
-def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path):
+def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path, capsys):
     out = tmp_path / "one"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -139,8 +139,9 @@ def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path):
     events.Reload()
     assert {"train/gflops_per_image", "train/tflops_per_rank"} <= set(events.Tags()["scalars"])
     assert (out / "model.safetensors").exists() and not (out / "reconstruction.png").exists()
-    # a second run into the same directory is refused rather than overwriting the model
-    again = launch("cpu_1proc.yaml", "--recipe", str(recipe), "--output-dir", str(out))
+    # a second run into the same directory is refused rather than overwriting the model (in-process: the
+    # refusal comes before any process group; the one below shows a refusal under the launcher)
+    again = run_main(capsys, "pretrain", "--recipe", str(recipe), "--output-dir", str(out))
     assert (
         again.returncode != 0 and "--output-dir" in again.stderr and "already holds a model" in again.stderr
     )

@@ -16,7 +16,7 @@ from mae_trainer.modeling import MAEForImageClassification
 from mae_trainer.modeling.convert import to_vit_mae
 from mae_trainer.modeling.loading import ModelLoadError
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,10 @@ def _assert_one_line_error(result, *words):
 
 
 def test_every_model_command_refuses_bad_folders_and_writes_nothing(
-    folders, tmp_path, demo_beton, jpeg_folder
+    folders, tmp_path, demo_beton, jpeg_folder, capsys
 ):
+    """In-process (``run_main``: an exception that escapes is a failure); a refusal in a process of its own
+    is the next test's."""
     root, _ = folders
     cases = _broken(root, tmp_path / "cases")
     out = tmp_path / "out"
@@ -135,7 +137,7 @@ def test_every_model_command_refuses_bad_folders_and_writes_nothing(
         for name in names:
             folder, words = cases[name]
             flag = "SRC" if command == "export" else "--model"
-            result = run_cli(*(str(folder) if a == "{}" else a for a in args))
+            result = run_main(capsys, *(str(folder) if a == "{}" else a for a in args))
             _assert_one_line_error(result, f"{flag} {folder}", words)
     assert not out.exists()  # nothing was written by any refused command
 

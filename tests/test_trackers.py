@@ -76,32 +76,10 @@ def pretrain(data, out, report_to, env, *extra):
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_holds_the_logged_loss_and_images(data, tmp_path):
-    env = wandb_offline_env(tmp_path)
-    out = tmp_path / "run"
-    records = pretrain(data, out, "wandb", env)
-    assert not (out / "tensorboard").exists()
-    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # under the output folder
-    history = wandb_history(run_file)
-    assert [h["_step"] for h in history] == [r["step"] for r in records] == [1, 2, 3]
-    assert [h["train/loss"] for h in history] == [r["loss"] for r in records]
-    assert [h["train/lr"] for h in history] == [r["lr"] for r in records]
-    # the reconstruction grids: PNGs on disk, and images in the run at steps 2 and 3 (the final one)
-    assert [h["_step"] for h in history if "reconstruction/_type" in h] == [2, 3]
-    assert all(
-        h["reconstruction/_type"] == "images/separated" for h in history if "reconstruction/_type" in h
-    )
-    assert (out / "reconstructions" / "step_00000002.png").is_file() and (
-        out / "reconstruction.png"
-    ).is_file()
-    # the run went to --output-dir, not to $WANDB_DIR
-    assert not list((tmp_path / "wandb_home" / "dir").glob("wandb/*run-*"))
-
-
-@pytest.mark.slow
 def test_a_resumed_run_continues_its_wandb_run(data, tmp_path):
     """``--resume`` logs into the W&B run of the run it resumes (offline: a second ``offline-run-*`` folder
-    with the same run id, its steps after the checkpoint's); a run in another output folder is another run."""
+    with the same run id, its steps after the checkpoint's); a run in another output folder is another run,
+    and its file holds every logged loss, lr and reconstruction grid."""
     env = wandb_offline_env(tmp_path)
     out, other = tmp_path / "run", tmp_path / "other"
     longer = ("--epochs", "2", "--save-every", "1")
@@ -122,10 +100,25 @@ def test_a_resumed_run_continues_its_wandb_run(data, tmp_path):
     assert [h["_step"] for h in resumed] == [r["step"] for r in records][-3:] == [2, 3, 4]
     assert [h["train/loss"] for h in resumed] == [r["loss"] for r in records][-3:]
 
-    pretrain(data, other, "wandb", env, "--max-steps", "1")  # a fresh run elsewhere: a new run id
-    (elsewhere,) = (other / "wandb").glob("offline-run-*/run-*.wandb")
+    records = pretrain(data, other, "wandb", env)  # a fresh run elsewhere: a new run id
+    (elsewhere,) = (other / "wandb").glob("offline-run-*/run-*.wandb")  # under the output folder
     (other_id,) = [run.run_id for run in wandb_records(elsewhere, "run")]
     assert other_id != run_id and (other / "wandb" / "run_id").read_text() == other_id + "\n"
+    # what the run logged, as the run's file holds it: every step's loss and lr, and the grids
+    assert not (other / "tensorboard").exists()
+    history = wandb_history(elsewhere)
+    assert [h["_step"] for h in history] == [r["step"] for r in records] == [1, 2, 3]
+    assert [h["train/loss"] for h in history] == [r["loss"] for r in records]
+    assert [h["train/lr"] for h in history] == [r["lr"] for r in records]
+    # the reconstruction grids: PNGs on disk, and images in the run at steps 2 and 3 (the final one)
+    assert [h["_step"] for h in history if "reconstruction/_type" in h] == [2, 3]
+    assert all(
+        h["reconstruction/_type"] == "images/separated" for h in history if "reconstruction/_type" in h
+    )
+    assert (other / "reconstructions" / "step_00000002.png").is_file()
+    assert (other / "reconstruction.png").is_file()
+    # the runs went to --output-dir, not to $WANDB_DIR
+    assert not list((tmp_path / "wandb_home" / "dir").glob("wandb/*run-*"))
 
 
 def test_wandb_run_id_is_kept_for_resumes_and_new_for_fresh_runs(tmp_path):
