@@ -12,7 +12,7 @@ Cases:
   (``mae_trainer.training.throughput``). Ours (``MAEForPreTraining``) against transformers'
   ``ViTMAEForPreTraining`` of the same shapes (hidden 768×12, decoder 512×8, norm_pix_loss, sdpa
   attention; built at 224 px, ``interpolate_pos_encoding=True`` at 160 / 192 as a progressive run with it
-  would do). Both sides step with the trainer's optimizer (``engine.adamw``: fused AdamW on CUDA). Eager
+  would do). Both sides step with the trainer's optimizer (``accelerator.adamw``: fused AdamW on CUDA). Eager
   first, then both compiled as ``pretrain --compile`` compiles (``accelerator.compile_in_place``:
   ``nn.Module.compile`` in place, ``dynamic=False``): static shapes, **one graph per stage** (a stage lasts
   hundreds of epochs, so a compile per side and stage is paid once, and each stage gets kernels for its own

@@ -101,11 +101,13 @@ def test_killed_mid_epoch_then_resumed_is_exact(
     log = finish(start(data, interrupted, *accumulate, "--resume", "auto", launcher=launcher))
     assert f"resumed from {interrupted / 'checkpoints' / kill_at}" in log
     assert_same_weights(interrupted, reference)
-    # the metrics of the resumed run continue the interrupted one and agree with the reference
+    # the metrics of the resumed run continue the interrupted one and agree with the reference: every step
+    # trained after the resume logs the reference's loss
     ref = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
     got = {r["step"]: r for r in map(json.loads, (interrupted / "metrics.jsonl").read_text().splitlines())}
     assert sorted(got) == [r["step"] for r in ref]  # each step once
-    assert [got[r["step"]]["loss"] for r in ref[-2:]] == [r["loss"] for r in ref[-2:]]
+    resumed = [r for r in ref if r["step"] > saved["step"]]
+    assert len(resumed) >= 3 and [got[r["step"]]["loss"] for r in resumed] == [r["loss"] for r in resumed]
     checkpoints = list((interrupted / "checkpoints").iterdir())
     assert len([p for p in checkpoints if p.name.startswith("step_")]) == 2  # --keep-last 2
     assert not [p for p in checkpoints if p.suffix == ".tmp"]

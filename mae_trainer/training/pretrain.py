@@ -1,7 +1,6 @@
 """MAE pre-training (``mae-trainer pretrain``), read top to bottom like nanoGPT's train.py:
 accelerator → model → data → optimizer → resume → engine → loop (lr, step, log, checkpoint) → save →
-push. What the
-run is (schedule, batches, resume contract) was settled before, by ``pretrain_plan.check``.
+push. What the run is (schedule, batches, resume contract) was settled before, by ``pretrain_plan.check``.
 
 Runs as is (one process, no DeepSpeed) or under ``accelerate launch`` with a DeepSpeed config
 (ZeRO-1, BF16: ``accelerate_configs/*.yaml`` → ``ds_configs/zero1_bf16.json``). The machinery shared
