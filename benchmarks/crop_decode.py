@@ -11,16 +11,22 @@ crop distribution (scale 0.2–1, ratio 3/4–4/3), flip, uint8 CHW tensors, 2 d
 - ``decode_only``: FFCV's full decode (its ``imdecode``, TurboJPEG) of every sample into scratch and no
   resize: the ceiling for any full-decode pipeline over the same files, same loader and threads.
 
+Batches end as FFCV's ``ToTorchImage()`` leaves them by default: an NCHW view of the decoder's NHWC buffer,
+which is what the training loader hands a GPU (``train_loader.py``: ``ToDevice`` then the view; the layout
+copy happens on the device). ``--nchw-copy`` adds the CPU copy to contiguous NCHW that a CPU-only run makes
+(``ToTorchImage(channels_last=False)``): the same cost for every variant (about 0.2 ms an image at 192 px
+here, with torch's OpenMP threads spinning next to the decode threads), so it lowers every ratio.
+
 Every variant runs in a fresh process, which goes through the sizes as a progressive run does (the output
 size changes between epochs, nothing is recompiled): per size one untimed epoch (numba compiles the pipeline
 in the first; later ones warm up the new size), then timed epochs. The variants alternate (rotating which
 goes first), ``--repeats`` processes each; the best rate is reported (other load on the machine only slows a
-run down), and the median CPU time per image of the whole process (all threads), which other load disturbs
-much less than wall time. Peak RSS is per process, over all sizes.
+run down), the median rate (``X_over_stock_median``), and the median CPU time per image of the whole process
+(all threads), which other load disturbs much less than wall time. Peak RSS is per process, over all sizes.
 Ratios: ``X_over_stock`` = images/s of X ÷ stock's; ``X_cpu_gain`` = stock's CPU time per image ÷ X's.
 One JSON line per output size; ``crop_bicubic_goal`` checks crop decode with bicubic against the goal of
-issue 23 (≥ 1.6× stock images/s, within 5 % of crop decode with area), and ``bicubic_vs_area_cpu_ms`` puts
-the CPU ms per image of the two filters side by side.
+issue 23 (≥ 1.6× stock images/s by the best and by the median rates, within 5 % of crop decode with area),
+and ``bicubic_vs_area_cpu_ms`` puts the CPU ms per image of the two filters side by side.
 
 ``--per-core``: one decode thread (FFCV's ``num_workers=1``) per process, crop decode, bicubic and area, at
 160/192/224 px: decode + crop + resize + flip into the batch buffer, as the training loader does on a GPU
@@ -29,7 +35,7 @@ ordinary host buffers. ``img_per_s_one_thread`` is that thread's rate (the main 
 batches over, runs on the other core); ``img_per_cpu_s`` = 1000 / CPU ms per image of the whole process: the
 images one fully busy core decodes per second, the figure to divide a GPU's images/s by.
 
-    .venv/bin/python benchmarks/crop_decode.py [--sizes 112,160,192,224] [--repeats 2] [--epochs 2]
+    .venv/bin/python benchmarks/crop_decode.py [--sizes 112,160,192,224] [--repeats 4] [--nchw-copy]
     .venv/bin/python benchmarks/crop_decode.py --per-core
 """
 
@@ -140,7 +146,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(path: Path, variant: str, sizes: list[int], workers: int, batch: int, epochs: int) -> dict:
+def measure(
+    path: Path, variant: str, sizes: list[int], workers: int, batch: int, epochs: int, nchw_copy: bool
+) -> dict:
     """Runs in the child process: for each size (set between epochs, as a progressive run does, without
     recompiling), one untimed epoch and then ``epochs`` timed epochs. Results per size."""
     from ffcv.fields.basics import IntDecoder
@@ -148,7 +156,7 @@ def measure(path: Path, variant: str, sizes: list[int], workers: int, batch: int
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
     pipelines = {
-        "image": [*image_pipeline(variant, sizes[0]), ToTensor(), ToTorchImage(channels_last=False)],
+        "image": [*image_pipeline(variant, sizes[0]), ToTensor(), ToTorchImage(channels_last=not nchw_copy)],
         "label": [IntDecoder(), ToTensor(), Squeeze(1)],
     }
     loader = Loader(
@@ -181,6 +189,7 @@ def run_child(args, variant: str, path: Path) -> dict:
     command = [
         sys.executable, __file__, "--child", variant, "--beton", str(path), "--sizes", args.sizes,
         "--workers", str(args.workers), "--batch", str(args.batch), "--epochs", str(args.epochs),
+        *(["--nchw-copy"] if args.nchw_copy else []),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -191,11 +200,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="112,160,192,224")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per process")
-    parser.add_argument("--repeats", type=int, default=2, help="processes per variant and size")
+    parser.add_argument("--epochs", type=int, default=6, help="timed epochs per process")
+    parser.add_argument("--repeats", type=int, default=4, help="processes per variant and size")
     parser.add_argument("--per-photo", type=int, default=32, help="images per source photo (16 photos)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mae_trainer_bench")
+    parser.add_argument("--nchw-copy", action="store_true", help="copy batches to NCHW on the CPU")
     parser.add_argument("--per-core", action="store_true", help="1 decode thread: images/s per CPU core")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--beton", type=Path, help=argparse.SUPPRESS)
@@ -203,7 +213,7 @@ def main() -> None:
 
     if args.child:
         sizes = [int(size) for size in args.sizes.split(",")]
-        result = measure(args.beton, args.child, sizes, args.workers, args.batch, args.epochs)
+        result = measure(args.beton, args.child, sizes, args.workers, args.batch, args.epochs, args.nchw_copy)
         print(json.dumps(result), flush=True)
         return
 
@@ -225,6 +235,7 @@ def main() -> None:
     for size in map(int, args.sizes.split(",")):
         runs = {name: [result[str(size)] for result in results] for name, results in processes.items()}
         rate = {name: max(r["img_per_s"] for r in rs) for name, rs in runs.items()}
+        median = {name: statistics.median(r["img_per_s"] for r in rs) for name, rs in runs.items()}
         cpu = {name: statistics.median(r["cpu_ms_per_img"] for r in rs) for name, rs in runs.items()}
         line = {
             "benchmark": "crop_decode",
@@ -233,6 +244,7 @@ def main() -> None:
             "batch": args.batch,
             "images": 16 * args.per_photo,
             "stored": f"jpg q90, long side 400-{MAX_SIDE}",
+            "batch_layout": "NCHW copy on the CPU" if args.nchw_copy else "NHWC buffer, NCHW view",
             "img_per_s": {name: round(value, 1) for name, value in rate.items()},
             "cpu_ms_per_img": {name: round(value, 3) for name, value in cpu.items()},
         }
@@ -240,6 +252,7 @@ def main() -> None:
             for name in variants:
                 if name != "stock":
                     line[f"{name}_over_stock"] = round(rate[name] / rate["stock"], 2)
+                    line[f"{name}_over_stock_median"] = round(median[name] / median["stock"], 2)
                     line[f"{name}_cpu_gain"] = round(cpu["stock"] / cpu[name], 2)
         for decode in ("full", "crop"):  # what bicubic costs against area
             if f"{decode}_area" in runs and f"{decode}_bicubic" in runs:
@@ -256,11 +269,13 @@ def main() -> None:
             }
             if "stock" in runs:
                 over_stock = rate["crop_bicubic"] / rate["stock"]
+                over_stock_median = median["crop_bicubic"] / median["stock"]
                 over_area = rate["crop_bicubic"] / rate["crop_area"]
                 line["crop_bicubic_goal"] = {
                     "over_stock": round(over_stock, 2),
+                    "over_stock_median": round(over_stock_median, 2),
                     "over_area": round(over_area, 3),
-                    "met": over_stock >= 1.6 and over_area >= 0.95,
+                    "met": min(over_stock, over_stock_median) >= 1.6 and over_area >= 0.95,
                 }
         if args.per_core:
             line["benchmark"] = "crop_decode_per_core"
