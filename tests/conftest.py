@@ -28,6 +28,12 @@ def pytest_configure(config):
         config._mae_trainer_numba_cache = folder
 
 
+def pytest_collection_modifyitems(config, items):
+    """Real runs (``slow``) first, in file order: under ``pytest -n`` (``make test``) the long launches start
+    while the quick tests fill the gaps, instead of one of them ending the session alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config):
     folder = getattr(config, "_mae_trainer_numba_cache", None)
     if folder:
@@ -259,7 +265,12 @@ def tiny_flags(**changes) -> list[str]:
 
 
 def launch_cmd(config: str, *args: str, launcher_args: tuple[str, ...] = ()) -> list[str]:
-    """``accelerate launch --config_file accelerate_configs/CONFIG [LAUNCHER_ARGS] -m mae_trainer ARGS...``"""
+    """``accelerate launch --config_file accelerate_configs/CONFIG [LAUNCHER_ARGS] -m mae_trainer ARGS...``
+
+    Unless ``launcher_args`` name one, ``--main_process_port 0``: accelerate picks a free port, so runs
+    that the suite's parallel workers (``pytest -n``) launch at once never meet on its default 29500."""
+    if "--main_process_port" not in launcher_args:
+        launcher_args = ("--main_process_port", "0", *launcher_args)
     return [
         str(BIN / "accelerate"),
         "launch",

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 
 from mae_trainer import MAEForImageClassification, MAEForPreTraining
 
-from .conftest import BIN, ROOT, run_cli
+from .conftest import command_cmd, run_cli, run_real
 
 
 @pytest.fixture(scope="module")
@@ -206,43 +204,15 @@ def test_finetune_two_ranks_deepspeed_on_an_hf_dataset(pretrained, tmp_path, jpe
     hf = datasets.load_dataset("imagefolder", data_dir=str(jpeg_folder))
     hf.save_to_disk(str(tmp_path / "hf"))
     out = tmp_path / "ft"
-    result = subprocess.run(
-        [
-            str(BIN / "accelerate"),
-            "launch",
-            "--config_file",
-            str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
-            "-m",
-            "mae_trainer",
+    result = run_real(
+        command_cmd(
             "finetune",
-            "--model",
-            str(path),
-            "--train",
-            str(tmp_path / "hf"),
-            "--val-fraction",
-            "0.34",
-            "--epochs",
-            "2",
-            "--warmup-epochs",
-            "0",
-            "--batch-size",
-            "4",
-            "--num-workers",
-            "0",
-            "--log-every",
-            "1",
-            "--ema-decay",
-            "0.9",
-            "--output-dir",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+            "cpu_2proc.yaml",
+            *("--model", str(path), "--train", str(tmp_path / "hf"), "--val-fraction", "0.34"),
+            *("--epochs", "2", "--warmup-epochs", "0", "--batch-size", "4", "--num-workers", "0"),
+            *("--log-every", "1", "--ema-decay", "0.9", "--output-dir", str(out)),
+        )
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
     best = json.loads((out / "results.json").read_text())
     assert best["val_images"] == 4 and best["ema"]["val_images"] == 4  # each rank its half, reduced
