@@ -25,11 +25,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import BIN, ROOT, start_delay_env, tiny_flags
+from .conftest import launch_cmd, start_delay_env, start_logged, tiny_flags
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-CONFIG = ROOT / "accelerate_configs" / "multinode.yaml"
 TAG = "MAE_TRAINER_TEST_NODE"
 # What the surviving node prints when its peer is gone: our one-line report quoting gloo's first line (a
 # closed socket, or a collective that timed out after --dist-timeout).
@@ -80,34 +79,18 @@ def two_nodes(tmp_path: Path, *args: str, node_env: dict[int, dict[str, str]] | 
     nodes: list[Node] = []
     try:
         for rank in (0, 1):
-            cmd = [
-                str(BIN / "accelerate"),
-                "launch",
-                "--config_file",
-                str(CONFIG),
-                "--machine_rank",
-                str(rank),
-                "--main_process_ip",
-                "127.0.0.1",
-                "--main_process_port",
-                str(port),
-                "--num_machines",
-                "2",
-                "--num_processes",
-                "2",
-                "-m",
-                "mae_trainer",
+            cmd = launch_cmd(
+                "multinode.yaml",
                 "pretrain",
                 *args,
-            ]
-            log = tmp_path / f"node{rank}.log"
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", TAG: f"{run_id}-{rank}"}
-            env.update((node_env or {}).get(rank, {}))
-            with log.open("w") as sink:
-                proc = subprocess.Popen(
-                    cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )
-            nodes.append(Node(rank, proc, log, f"{run_id}-{rank}"))
+                launcher_args=(
+                    *("--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"),
+                    *("--main_process_port", str(port), "--num_machines", "2", "--num_processes", "2"),
+                ),
+            )
+            env = {"PYTHONUNBUFFERED": "1", TAG: f"{run_id}-{rank}", **(node_env or {}).get(rank, {})}
+            proc = start_logged(cmd, tmp_path / f"node{rank}.log", env)
+            nodes.append(Node(rank, proc, proc.log, f"{run_id}-{rank}"))
         yield nodes
     finally:
         for node in nodes:
