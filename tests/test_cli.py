@@ -275,3 +275,19 @@ def test_hub_flags_are_shared_by_the_training_commands(demo_beton, tmp_path):
     _, args = parse(["push", "dir", "a/b", "--dataset-name", "a/x", "--dataset", "a/y", "--license", "mit"])
     assert args.datasets == ["a/x", "a/y"] and args.license == "mit"
     assert parse(["push", "dir", "a/b"])[1].license is None  # the folder's provenance, else apache-2.0
+
+
+def test_the_program_freezes_the_collector_once_the_command_is_done(monkeypatch, tmp_path, capsys):
+    """The console script and ``python -m mae_trainer`` run ``entry``: the command, then ``gc.freeze`` (so
+    interpreter shutdown does not walk the objects torch and co. leave behind), whatever its status."""
+    from importlib.metadata import entry_points
+
+    import mae_trainer.__main__ as module_main
+    from mae_trainer import cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mae-trainer"]
+    assert script.value == "mae_trainer.cli:entry" and module_main.entry is cli.entry
+    events = []
+    monkeypatch.setattr(cli, "main", lambda: events.append("command") or 2)
+    monkeypatch.setattr(cli.gc, "freeze", lambda: events.append("freeze"))
+    assert cli.entry() == 2 and events == ["command", "freeze"]
