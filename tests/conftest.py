@@ -19,7 +19,9 @@ BIN = Path(sys.executable).parent
 def pytest_configure(config):
     """One numba cache for the whole session (``mae_trainer/data/jit_cache.py``), inherited by every
     process the tests launch: FFCV's pipeline is compiled once, not once per process. A fresh folder per
-    session unless ``MAE_TRAINER_NUMBA_CACHE`` is set (then that one, or none with ``off``)."""
+    session unless ``MAE_TRAINER_NUMBA_CACHE`` is set (then that one, or none with ``off``). The test hooks
+    (``tests/pause_hook/sitecustomize.py``) on ``PYTHONPATH`` of every process the tests start."""
+    os.environ["PYTHONPATH"] = _with_hooks()
     if "MAE_TRAINER_NUMBA_CACHE" not in os.environ:
         import tempfile
 
@@ -143,7 +145,8 @@ PAUSE_HOOK = ROOT / "tests" / "pause_hook"
 
 def _with_hooks() -> str:
     """``PYTHONPATH`` with the test hooks' folder first (its sitecustomize runs in every Python process)."""
-    return os.pathsep.join(filter(None, [str(PAUSE_HOOK), os.environ.get("PYTHONPATH")]))
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(PAUSE_HOOK)]
+    return os.pathsep.join([str(PAUSE_HOOK), *rest])
 
 
 def pause_env(target: Path, marker: Path, when: str = "after", until: Path | None = None) -> dict[str, str]:

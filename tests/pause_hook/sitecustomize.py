@@ -1,15 +1,21 @@
 """Test-only hooks for launched runs: stop a child process for good at one exact point of a checkpoint save,
-or start one rank late.
+or start one rank late; and skip the shutdown collections of every process the tests start.
 
-Active only where ``MAE_TRAINER_TEST_PAUSE`` is set; ``tests/conftest.py:pause_env`` sets it and puts this
-folder first on ``PYTHONPATH``, so every Python process of a launched run (launcher, agent, ranks) reads this
-file at start-up. ``os.replace(src, dst)`` with ``dst`` the configured target creates the marker file and
-then sleeps forever, just ``"before"`` or just ``"after"`` the replace (a checkpoint is published by
-``os.replace(step_N.tmp, step_N)``). The test waits for the marker and kills the process tree: the kill lands
-at exactly that point however slow the machine is, instead of whenever a polling loop happens to notice a
-file. With ``until`` set, the process goes on once that file exists instead (the test does something at
-that point, e.g. fills the disk, then lets the run continue). A ``sitecustomize`` this one shadows (a
-distribution's) still runs.
+``tests/conftest.py`` puts this folder first on ``PYTHONPATH`` for the whole session, so every Python
+process the tests start (launcher, torchrun's agent, ranks, ``mae-trainer`` commands, plain scripts) reads
+this file at start-up. A ``sitecustomize`` this one shadows (a distribution's) still runs.
+
+Always: :func:`gc.freeze` as the process's last atexit handler. ``mae-trainer`` does this itself once its
+command is done (``cli.entry``); the launcher is accelerate's, and its interpreter shutdown walks the
+objects of torch, accelerate and the Hub client in full collections, about 1.5 s of every launch (README,
+"Tests"). Handlers, module teardown and reference-counted finalizers run as usual.
+
+``MAE_TRAINER_TEST_PAUSE`` (``tests/conftest.py:pause_env``): ``os.replace(src, dst)`` with ``dst`` the
+configured target creates the marker file and then sleeps forever, just ``"before"`` or just ``"after"`` the
+replace (a checkpoint is published by ``os.replace(step_N.tmp, step_N)``). The test waits for the marker and
+kills the process tree: the kill lands at exactly that point however slow the machine is, instead of
+whenever a polling loop happens to notice a file. With ``until`` set, the process goes on once that file
+exists instead (the test does something at that point, e.g. fills the disk, then lets the run continue).
 
 ``MAE_TRAINER_TEST_START_DELAY`` (``tests/conftest.py:start_delay_env``): the worker with the given global
 ``RANK`` sleeps that many seconds before anything else (a node slow to start, e.g. importing on a loaded
@@ -19,6 +25,8 @@ machine), after appending ``pid seconds`` to the marker file. Only torchrun's wo
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import sys
@@ -68,6 +76,7 @@ def _run_shadowed() -> None:
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
+atexit.register(gc.freeze)  # registered first: runs last
 if os.environ.get("MAE_TRAINER_TEST_PAUSE"):
     _install(json.loads(os.environ["MAE_TRAINER_TEST_PAUSE"]))
 if os.environ.get("MAE_TRAINER_TEST_START_DELAY"):
