@@ -43,10 +43,10 @@ def saved(tmp_path_factory):
     return path, model.eval()
 
 
-def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path):
+def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path, capsys):
     src, model = saved
     dst = tmp_path / "vit_mae"
-    result = run_cli("export", "--to", "vit_mae", str(src), str(dst))
+    result = run_main(capsys, "export", "--to", "vit_mae", str(src), str(dst))
     assert result.returncode == 0, result.stderr
     assert json.loads((dst / "config.json").read_text())["model_type"] == "vit_mae"
     assert json.loads((dst / "preprocessor_config.json").read_text())["image_mean"] == [0.485, 0.456, 0.406]
@@ -59,16 +59,16 @@ def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path):
 
     # and back: the vit_mae folder imports into our model unchanged
     back = tmp_path / "back"
-    assert run_cli("export", "--to", "mae", str(dst), str(back)).returncode == 0
+    assert run_main(capsys, "export", "--to", "mae", str(dst), str(back)).returncode == 0
     reloaded = MAEForPreTraining.from_pretrained(back)
     for key, value in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
 
 
-def test_timm_export_loads_strictly(saved, tmp_path):
+def test_timm_export_loads_strictly(saved, tmp_path, capsys):
     src, model = saved
     dst = tmp_path / "encoder.safetensors"
-    result = run_cli("export", "--to", "timm", str(src), str(dst))
+    result = run_main(capsys, "export", "--to", "timm", str(src), str(dst))
     assert result.returncode == 0, result.stderr
     assert "vit_tiny_patch16_224" in result.stdout
     x = torch.randn(2, 3, 224, 224)
@@ -87,17 +87,17 @@ torch.save(features, {str(tmp_path / "f.pt")!r})
     assert (ours - torch.load(tmp_path / "f.pt")).abs().max() <= 1e-4
 
 
-def test_export_refuses_bad_paths(saved, tmp_path):
+def test_export_refuses_bad_paths(saved, tmp_path, capsys):
     src, _ = saved
     existing = tmp_path / "exists"
     existing.mkdir()
-    result = run_cli("export", "--to", "vit_mae", str(src), str(existing))
+    result = run_main(capsys, "export", "--to", "vit_mae", str(src), str(existing))
     assert result.returncode == 2 and "already exists" in result.stderr
-    result = run_cli("export", "--to", "timm", str(src), str(tmp_path / "x.bin"))
+    result = run_main(capsys, "export", "--to", "timm", str(src), str(tmp_path / "x.bin"))
     assert result.returncode == 2 and ".safetensors" in result.stderr
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    result = run_cli("export", "--to", "mae", str(tmp_path / "bert"), str(tmp_path / "y"))
+    result = run_main(capsys, "export", "--to", "mae", str(tmp_path / "bert"), str(tmp_path / "y"))
     assert result.returncode == 2 and f"SRC {tmp_path / 'bert'}: model_type 'bert'" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "exists"]
 

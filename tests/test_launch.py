@@ -139,13 +139,14 @@ def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path, caps
     events.Reload()
     assert {"train/gflops_per_image", "train/tflops_per_rank"} <= set(events.Tags()["scalars"])
     assert (out / "model.safetensors").exists() and not (out / "reconstruction.png").exists()
-    # a second run into the same directory is refused rather than overwriting the model (in-process: the
-    # refusal comes before any process group; the one below shows a refusal under the launcher)
+    # a second run into the same directory is refused rather than overwriting the model, and a recipe with
+    # a typo is refused by name (in-process: both refusals come before any process group; test_failures
+    # shows a refusal under the launcher)
     again = run_main(capsys, "pretrain", "--recipe", str(recipe), "--output-dir", str(out))
     assert (
         again.returncode != 0 and "--output-dir" in again.stderr and "already holds a model" in again.stderr
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolutoin: 64\n")
-    typo = launch("cpu_1proc.yaml", "--recipe", str(bad), "--output-dir", str(out))
-    assert typo.returncode != 0 and "unknown key(s) resolutoin" in typo.stderr
+    typo = run_main(capsys, "pretrain", "--recipe", str(bad), "--output-dir", str(out))
+    assert typo.returncode == 2 and "unknown key(s) resolutoin" in typo.stderr

@@ -4,6 +4,7 @@ in one line naming the folder, and no command goes on with weights it failed to 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -143,22 +144,25 @@ def test_every_model_command_refuses_bad_folders_and_writes_nothing(
 
 
 def test_export_and_reconstruct_refuse_truncated_or_missing_weights_and_keep_existing_outputs(
-    folders, tmp_path, demo_beton
+    folders, tmp_path, demo_beton, capsys
 ):
-    """A truncated or missing ``model.safetensors``: one line naming the flag and folder, exit status 2, in
-    a process of its own (no traceback); an earlier export and an earlier grid at the output paths keep
-    their bytes, and nothing else appears."""
+    """A truncated or missing ``model.safetensors``: one line naming the flag and folder, exit status 2 (the
+    truncated file in a process of its own: no traceback, no crash); an earlier export and an earlier grid
+    at the output paths keep their bytes, and nothing else appears."""
     root, _ = folders
     cases = _broken(root, tmp_path / "cases")
     out = tmp_path / "out"
-    assert run_cli("export", "--to", "vit_mae", str(root / "ours"), str(out / "exported")).returncode == 0
+    assert (
+        run_main(capsys, "export", "--to", "vit_mae", str(root / "ours"), str(out / "exported")).returncode
+        == 0
+    )
     (out / "exported" / "notes.txt").write_text("mine")
     (out / "grid.png").write_bytes(b"an earlier grid")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    for name in ("truncated ours", "no weights ours"):
+    for name, run in (("truncated ours", run_cli), ("no weights ours", functools.partial(run_main, capsys))):
         folder, words = cases[name]
         export = ["export", "--to", "vit_mae", str(folder), str(out / "exported"), "--overwrite"]
-        _assert_one_line_error(run_cli(*export), f"SRC {folder}", words)
+        _assert_one_line_error(run(*export), f"SRC {folder}", words)
         recon = [
             "reconstruct",
             "--model",
@@ -168,39 +172,39 @@ def test_export_and_reconstruct_refuse_truncated_or_missing_weights_and_keep_exi
             "--output",
             str(out / "grid.png"),
         ]
-        _assert_one_line_error(run_cli(*recon), f"--model {folder}", words)
+        _assert_one_line_error(run(*recon), f"--model {folder}", words)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(out.rglob("*")) == sorted([out / "exported", *before])  # no new file, no hidden one
 
 
-def test_reconstruct_and_export_read_vit_mae_folders_as_our_own(folders, tmp_path, demo_beton):
+def test_reconstruct_and_export_read_vit_mae_folders_as_our_own(folders, tmp_path, demo_beton, capsys):
     root, _ = folders
     grids = {}
     for kind in ("ours", "vit_mae"):
         out = tmp_path / f"{kind}.png"
-        result = run_cli("reconstruct", "--model", str(root / kind), "--data", str(demo_beton),
-                         "--output", str(out), "--count", "2")  # fmt: skip
+        result = run_main(capsys, "reconstruct", "--model", str(root / kind), "--data", str(demo_beton),
+                          "--output", str(out), "--count", "2")  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         grids[kind] = out.read_bytes()
     assert grids["ours"] == grids["vit_mae"]  # same weights, same seeded masks: the same picture
 
-    result = run_cli("export", "--to", "mae", str(root / "vit_mae"), str(tmp_path / "mae"))
+    result = run_main(capsys, "export", "--to", "mae", str(root / "vit_mae"), str(tmp_path / "mae"))
     assert result.returncode == 0, result.stderr[-3000:]
     back = load_file(tmp_path / "mae" / "model.safetensors")
     original = load_file(root / "ours" / "model.safetensors")
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in original)
 
 
-def test_finetune_on_a_vit_mae_folder_starts_from_its_weights(folders, tmp_path, jpeg_folder):
+def test_finetune_on_a_vit_mae_folder_starts_from_its_weights(folders, tmp_path, jpeg_folder, capsys):
     """Before the one loader, finetune built a random encoder from a vit_mae folder and exited 0. With lr 0
     the saved model's encoder is exactly the loaded one, so random weights cannot pass."""
     root, model = folders
     out = tmp_path / "ft"
-    result = run_cli(
-        "finetune", "--model", str(root / "vit_mae"), "--train", str(jpeg_folder), "--val-fraction", "0.34",
-        "--epochs", "1", "--max-steps", "1", "--warmup-epochs", "0", "--batch-size", "4", "--lr", "0",
-        "--mixup", "0", "--cutmix", "0", "--num-workers", "0", "--output-dir", str(out),
-        env={"OMP_NUM_THREADS": "1"},
+    result = run_main(
+        capsys, "finetune", "--model", str(root / "vit_mae"), "--train", str(jpeg_folder),
+        "--val-fraction", "0.34", "--epochs", "1", "--max-steps", "1", "--warmup-epochs", "0",
+        "--batch-size", "4", "--lr", "0", "--mixup", "0", "--cutmix", "0", "--num-workers", "0",
+        "--output-dir", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     tuned = load_file(out / "model.safetensors")
@@ -208,14 +212,14 @@ def test_finetune_on_a_vit_mae_folder_starts_from_its_weights(folders, tmp_path,
         assert torch.equal(tuned[f"mae.{key}"], value), key
 
 
-def test_probe_reads_a_vit_mae_folder_like_ours(folders, tmp_path, jpeg_folder):
+def test_probe_reads_a_vit_mae_folder_like_ours(folders, tmp_path, jpeg_folder, capsys):
     root, _ = folders
     results = {}
     for kind in ("ours", "vit_mae"):
         out = tmp_path / f"{kind}.json"
-        result = run_cli("probe", "--model", str(root / kind), "--train", str(jpeg_folder),
-                         "--val-fraction", "0.5", "--knn", "--k", "3", "--num-workers", "0",
-                         "--output", str(out))  # fmt: skip
+        result = run_main(capsys, "probe", "--model", str(root / kind), "--train", str(jpeg_folder),
+                          "--val-fraction", "0.5", "--knn", "--k", "3", "--num-workers", "0",
+                          "--output", str(out))  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         knn = json.loads(out.read_text())["knn"]
         results[kind] = {k: v for k, v in knn.items() if k not in ("encoder", "seconds", "extract_seconds")}
