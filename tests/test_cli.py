@@ -277,7 +277,7 @@ def test_hub_flags_are_shared_by_the_training_commands(demo_beton, tmp_path):
     assert parse(["push", "dir", "a/b"])[1].license is None  # the folder's provenance, else apache-2.0
 
 
-def test_the_program_freezes_the_collector_once_the_command_is_done(monkeypatch, tmp_path, capsys):
+def test_the_program_freezes_the_collector_once_the_command_is_done(monkeypatch):
     """The console script and ``python -m mae_trainer`` run ``entry``: the command, then ``gc.freeze`` (so
     interpreter shutdown does not walk the objects torch and co. leave behind), whatever its status."""
     from importlib.metadata import entry_points
