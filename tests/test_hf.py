@@ -41,4 +41,3 @@ def test_auto_classes(tmp_path):
         assert torch.equal(enc_state[key], value), key
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(encoder(x).last_hidden_state, model.mae(x).last_hidden_state)
-
