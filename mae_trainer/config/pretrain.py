@@ -281,6 +281,13 @@ class PretrainConfig(TrainingConfig):
         "compiled when the stage starts)",
         group="model",
     )
+    compile_backend: str = option(
+        "inductor",
+        "torch.compile backend with --compile: inductor (fused kernels), aot_eager (the same graphs without "
+        "code generation: to tell a compiler problem from a model one), or any torch._dynamo.list_backends()",
+        metavar="NAME",
+        group="model",
+    )
     recon_images: int = option(
         8, "images in each reconstruction grid (0: none)", check=at_least(0), group="run"
     )

@@ -101,7 +101,7 @@ def train(config: PretrainConfig, plan: Plan) -> Path:
             stage = plan.schedule.stage(epoch)
             grid = (stage.resolution // config.patch_size) ** 2
             shapes.add((stage.batch_size, stage.resolution, kept_patches(grid, stage.mask_ratio)))
-        compile_in_place(model, graphs=len(shapes))
+        compile_in_place(model, graphs=len(shapes), backend=config.compile_backend)
         graphs_before = compiled_graphs()
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = next(model.parameters()).dtype

@@ -3,8 +3,9 @@
 :func:`check` reads the config, the world size, the ``.beton`` headers and the checkpoint to resume (if
 any) and derives everything the run needs (:class:`Plan`: the resolution schedule, the micro-batches of
 each epoch, the resume contract) before a process group, a model or a file of the run exists. Bad input
-is refused here as a ``ConfigError`` naming its flag. Import-light (no torch, FFCV or timm): a refusal
-takes about 0.2 s; the CLI imports the training loop (``pretrain.train``) only once the plan holds.
+is refused here as a ``ConfigError`` naming its flag. Import-light (no torch, FFCV or timm; dynamo only
+under ``--compile``, to check its backend): a refusal takes about 0.2 s; the CLI imports the training loop
+(``pretrain.train``) only once the plan holds.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def check(config: PretrainConfig, world: int) -> Plan:
     if point is not None:
         run = check_resume(config, point.path, point.state["step"], point.saved, run, batches_for)
     plan = Plan(schedule, batches, run, init_from, point)
+    if config.compile:
+        check_compile_backend(config.compile_backend)
     check_push(config)  # fail now, not after a day of training
     config.check_output()
     return plan
@@ -155,3 +158,17 @@ def stages_of(schedule: ResolutionSchedule, epochs: int, layout: Layout) -> list
         if not stages or stages[-1][1:] != entry:
             stages.append([epoch, *entry])
     return stages
+
+
+def check_compile_backend(name: str) -> None:
+    """Refuse a ``--compile-backend`` torch.compile does not know, before any work. Only runs that compile
+    pay dynamo's import here (about a second; they pay it anyway to compile)."""
+    from torch._dynamo import list_backends
+
+    if name not in list_backends(exclude_tags=()):  # debug backends (aot_eager, eager) included
+        usual = ", ".join([*list_backends(), "aot_eager", "eager"])
+        raise ConfigError(
+            "compile_backend",
+            name,
+            f"not a torch.compile backend here ({usual}; all: torch._dynamo.list_backends(exclude_tags=()))",
+        )
