@@ -14,8 +14,9 @@ from .conftest import launch_cmd, run_main, run_real
 pytestmark = pytest.mark.slow
 
 
-def launch(config: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return run_real(launch_cmd(config, "pretrain", *args), timeout=timeout, check=False, threads=None)
+def launch(config: str, *args: str, timeout: int = 900, umbrella=False) -> subprocess.CompletedProcess:
+    cmd = launch_cmd(config, "pretrain", *args, umbrella=umbrella)
+    return run_real(cmd, timeout=timeout, check=False, threads=None)
 
 
 def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
@@ -36,6 +37,7 @@ def test_two_rank_zero1_bf16_pretraining_learns_and_saves(demo_beton, tmp_path):
         "--global-batch-size",
         "32",  # → 16 per rank
         *flags,
+        umbrella=True,  # the README's `accelerate launch`; the other tests use `accelerate-launch`
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "on 2 process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
