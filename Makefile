@@ -19,7 +19,10 @@ DEMO_EPOCHS ?= 40
 PYTEST_ARGS ?=
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist); 0 runs it in pytest's own process. Most of its
 # time is real runs (accelerate, DeepSpeed, FFCV) starting up, saving and waiting on each other, so two
-# workers finish it in about 0.6 of the serial time on a 2-core machine (README, "Tests").
+# workers finish it in about 0.6 of the serial time on a 2-core machine (README, "Tests"). Work goes out a
+# unit at a time in collection order (a module's real runs, first, then each quick test: tests/conftest.py),
+# so the quick ones fill the end of both workers' time instead of a queue of real runs ending the session
+# on one of them.
 PYTEST_WORKERS ?= 2
 
 .PHONY: install system-deps demo test lint clean
@@ -73,7 +76,7 @@ demo: install
 	  echo "  reconstruction: $(DEMO_DIR)/model/reconstruction.png (every 80 steps: $(DEMO_DIR)/model/reconstructions/)"
 
 test: install
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check mae_trainer tests benchmarks examples

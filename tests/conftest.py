@@ -32,8 +32,14 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Real runs (``slow``) first, in file order: under ``pytest -n`` (``make test``) the long launches start
-    while the quick tests fill the gaps, instead of one of them ending the session alone."""
+    while the quick tests fill the gaps, instead of one of them ending the session alone. A module's real
+    runs form one ``xdist_group`` (``--dist loadgroup``): they go to one worker together, so the data and
+    runs their module fixtures build once (a killed run, a trained model) are not built again on the other
+    worker; the quick tests go out one by one."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def pytest_unconfigure(config):
