@@ -284,7 +284,8 @@ class PretrainConfig(TrainingConfig):
     compile_backend: str = option(
         "inductor",
         "torch.compile backend with --compile: inductor (fused kernels), aot_eager (the same graphs without "
-        "code generation: to tell a compiler problem from a model one), or any torch._dynamo.list_backends()",
+        "code generation: to tell a compiler problem from a model one), or any name "
+        "torch._dynamo.list_backends(exclude_tags=()) gives",
         metavar="NAME",
         group="model",
     )
