@@ -30,6 +30,7 @@ def pytest_configure(config):
         config._mae_trainer_numba_cache = folder
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     """Real runs (``slow``) first, in file order: under ``pytest -n`` (``make test``) the long launches start
     while the quick tests fill the gaps, instead of one of them ending the session alone. A module's real
@@ -40,6 +41,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_runtest_setup(item):
+    """Under ``--dist loadgroup``, fail each real run that xdist did not group, saying why. xdist marks a
+    group by appending ``@group`` to each test's nodeid; pytest 9.2 no longer reads the attribute it writes
+    (pytest-dev/pytest-xdist#1386), and the groups then silently stop holding: each module's fixtures (a
+    killed run, a trained model) get built on both workers. ``pyproject.toml`` pins pytest below 9.2."""
+    grouping = getattr(item.config.option, "loadgroup", False)
+    if grouping and item.get_closest_marker("slow") is not None and "@" not in item.nodeid:
+        pytest.fail(
+            f"--dist loadgroup did not group this real run: pytest {pytest.__version__} with this "
+            "pytest-xdist (pytest-dev/pytest-xdist#1386); install the pytest that pyproject.toml's dev extra "
+            "pins (make test does), or run with --dist load",
+            pytrace=False,
+        )
 
 
 def pytest_unconfigure(config):
