@@ -344,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print("mae-trainer: interrupted", file=sys.stderr)
         return getattr(err, "exit_status", 130)
-    finally:  # the output folder's lock (training/lifecycle.py) ends with the command
-        from ..training.lifecycle import release_output_locks
+    finally:  # the output folder's lock and the stop-signal handlers (training/lifecycle.py) end with it
+        from ..training.lifecycle import release_output_locks, restore_signal_handlers
 
         release_output_locks()
+        restore_signal_handlers()
     return 0

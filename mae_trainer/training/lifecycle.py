@@ -16,7 +16,9 @@ signal without losing work. Import-light: nothing here imports torch until a pro
   a flag; after every optimizer step the ranks agree (an all-reduce MAX of one CPU integer over a gloo group,
   never a GPU sync) whether any of them got a signal, then every rank writes the checkpoint and the CLI exits
   with 128 + the signal (143 for SIGTERM, 138 for SIGUSR1). The rest of the step in flight and the
-  checkpoint are the only work after the signal.
+  checkpoint are the only work after the signal. The handlers last as long as the command: the CLI puts
+  back the ones it found when the command ends (:func:`restore_signal_handlers`), so a script or notebook
+  that calls ``mae_trainer.cli.main`` still ends on SIGTERM afterwards.
 
   The bound: torch's elastic agent (what ``accelerate launch`` runs in-process for DeepSpeed and multi-GPU
   configs; torch 2.14 ``torch/distributed/elastic/multiprocessing/api.py``, ``_close``) forwards SIGTERM,
@@ -186,6 +188,15 @@ def release_output_locks() -> None:
         _held.popitem()[1].release()
 
 
+def restore_signal_handlers() -> None:
+    """Put back the SIGTERM and SIGUSR1 handlers :class:`StopSignals` replaced (the CLI, when a command
+    ends). A handler Python did not install (``signal.getsignal`` gives None) stays as it is."""
+    while _replaced:
+        signum, handler = _replaced.popitem()
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
 def claim_output_dir(folder: Path) -> None:
     """What every training command does first: die with the launcher (every rank), and on rank 0 (``RANK``
     unset or ``0``) lock ``folder`` for the run, before any checkpoint is looked up or file written."""
@@ -197,16 +208,19 @@ def claim_output_dir(folder: Path) -> None:
 # ------------------------------------------------------------------------------------------ stopping
 
 
+_replaced: dict[int, object] = {}  # signal → the handler StopSignals found there (the first time)
+
+
 class StopSignals:
     """SIGTERM and SIGUSR1 set a flag; :meth:`requested`, called by every rank after every optimizer step,
     says whether any rank got one. Created on every rank once the process group exists
-    (``make_accelerator``)."""
+    (``make_accelerator``); the handlers it replaced come back with :func:`restore_signal_handlers`."""
 
     def __init__(self, num_processes: int):
         self.received = self.signum = 0
         if threading.current_thread() is threading.main_thread():  # where Python allows handlers
             for signum in STOP_SIGNALS:
-                signal.signal(signum, self._on_signal)
+                _replaced.setdefault(signum, signal.signal(signum, self._on_signal))
         self._flag = self._group = None
         if num_processes > 1:
             import torch
