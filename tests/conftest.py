@@ -22,12 +22,32 @@ def pytest_configure(config):
     session unless ``MAE_TRAINER_NUMBA_CACHE`` is set (then that one, or none with ``off``). The test hooks
     (``tests/pause_hook/sitecustomize.py``) on ``PYTHONPATH`` of every process the tests start."""
     os.environ["PYTHONPATH"] = _with_hooks()
+    sys.unraisablehook = _drop_numba_finalizer_errors
     if "MAE_TRAINER_NUMBA_CACHE" not in os.environ:
         import tempfile
 
         folder = tempfile.mkdtemp(prefix="mae_trainer_numba_")
         os.environ["MAE_TRAINER_NUMBA_CACHE"] = folder
         config._mae_trainer_numba_cache = folder
+
+
+def _drop_numba_finalizer_errors(unraisable) -> None:
+    """``sys.unraisablehook`` of the test processes. numba's dispatcher finalizer raises ``KeyError`` when
+    the compiled functions of an FFCV loader made by a run in the test process are collected
+    (``numba/core/dispatcher.py``, ``finalizer``): dropped, so that the one-line stderr of a later command
+    stays one line. Anything else goes to Python's own hook (pytest's is off: ``pyproject.toml``)."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb is not None else None
+    if (
+        unraisable.exc_type is KeyError
+        and code is not None
+        and code.co_name == "finalizer"
+        and code.co_filename.endswith(os.path.join("numba", "core", "dispatcher.py"))
+    ):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
@@ -395,15 +415,49 @@ def assert_plain_outputs_match(model, x, noise, work: Path) -> None:
     assert (features - theirs["features"]).abs().max() <= 1e-4
 
 
-def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
-    """``mae_trainer.cli.main(args)`` in this process, as :func:`run_cli` reports it (status, output): much
-    faster than a fresh interpreter; an exception that escapes ``main`` (a traceback) fails the test."""
+def run_main(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """``mae_trainer.cli.main(args)`` in this process, reported as :func:`run_cli` reports a fresh one
+    (status, stdout, stderr), with one torch thread as :func:`run_real` gives its processes. The code a
+    plain ``mae-trainer`` process runs, without a fresh interpreter's start: about 6 s of CPU importing
+    torch, timm, FFCV and transformers, where a tiny run trains in about 1 s. Every run that is not about
+    the process itself (signals, kills, launchers, a fresh interpreter's imports or environment) runs
+    here. ``check``: fail the test with the output's tail on a non-zero status. An exception that escapes
+    ``main`` (a traceback) fails the test, and so does a SIGTERM or SIGUSR1 handler left changed: a
+    command's stop handlers end with it (``training/lifecycle.py``)."""
+    import contextlib
+    import io
+    import signal
+
+    import torch
+
     from mae_trainer.cli import main
 
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["mae-trainer", *args], status, out, err)
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main([str(arg) for arg in args])
+    finally:
+        torch.set_num_threads(threads)
+    result = subprocess.CompletedProcess(["mae-trainer", *args], status, out.getvalue(), err.getvalue())
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers, "stop handlers left behind"
+    if check:
+        assert status == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def run_to_end(cmd: list[str], env: dict | None = None) -> str:
+    """Run ``cmd`` (from :func:`command_cmd` or :func:`pretrain_cmd`) to a zero exit status and return its
+    output (stdout, then stderr). A plain ``mae-trainer`` command under this environment runs in this
+    process (:func:`run_main`); one under a launcher, or with ``env``, in fresh processes
+    (:func:`run_real`)."""
+    if cmd[0] == str(BIN / "mae-trainer") and env is None:
+        result = run_main(*cmd[1:], check=True)
+    else:
+        result = run_real(cmd, env=env)
+    return result.stdout + result.stderr
 
 
 FP32_ZERO1 = ("--deepspeed_config_file", str(ROOT / "ds_configs" / "zero1_fp32.json"))  # ZeRO-1 without bf16

@@ -61,9 +61,9 @@ def test_compiled_progressive_run_compiles_once_per_stage(tmp_path):
     assert model.config.patch_size == 16
 
 
-def test_an_unknown_backend_is_refused_before_any_work(demo_beton, tmp_path, capsys):
+def test_an_unknown_backend_is_refused_before_any_work(demo_beton, tmp_path):
     out = tmp_path / "run"
-    result = run_main(capsys, "pretrain", "--data", str(demo_beton), "--output-dir", str(out),
+    result = run_main("pretrain", "--data", str(demo_beton), "--output-dir", str(out),
                       "--model", "tiny", "--compile", "--compile-backend", "inductorr")  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("mae-trainer: error: --compile-backend inductorr: not a torch.compile")

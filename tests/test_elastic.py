@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from .conftest import FP32_ZERO1, small_embedded_beton, tiny_flags, weight_gap
-from .test_resume import finish, kill_after_checkpoint, start
+from .conftest import FP32_ZERO1, run_to_end, small_embedded_beton, tiny_flags, weight_gap
+from .test_resume import command, kill_after_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def interrupted(beton, out, launcher, *extra):
 def resume(beton, source, out, launcher, *extra):
     """Copy the interrupted run ``source`` to ``out`` and resume it there with ``launcher``."""
     shutil.copytree(source, out)
-    log = finish(start(beton, out, *extra, "--resume", "auto", launcher=launcher, flags=FLAGS))
+    log = run_to_end(command(beton, out, *extra, "--resume", "auto", launcher=launcher, flags=FLAGS))
     assert f"resumed from {out / 'checkpoints' / KILL_AT} at step 3" in log
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 10 and sorted(set(steps)) == list(range(1, 11))
@@ -51,7 +51,7 @@ def test_two_ranks_to_one_and_to_a_plain_process_fp32(beton, tmp_path):
     launch or DeepSpeed (torch's AdamW gets the fp32 master weights, both moments and the step count)."""
     two = ("cpu_2proc.yaml", *FP32_ZERO1)
     reference = tmp_path / "reference"
-    finish(start(beton, reference, launcher=two, flags=FLAGS))
+    run_to_end(command(beton, reference, launcher=two, flags=FLAGS))
     source = interrupted(beton, tmp_path / "interrupted", two)
     log = resume(beton, source, tmp_path / "one_rank", ("cpu_1proc.yaml", *FP32_ZERO1))
     assert "layout: 2 rank(s) × 16 images × 1 accumulation step(s) = 32 → 1 rank(s) × 16 images × 2" in log
@@ -70,7 +70,7 @@ def test_one_rank_to_two_bf16(beton, tmp_path):
     trains on the same samples, crops and masks). The other direction, 2 ranks → 1, is the fp32 test's: the
     universal checkpoint holds the fp32 master weights and moments whatever the run's dtype."""
     reference = tmp_path / "reference"
-    finish(start(beton, reference, "--grad-accum", "2", launcher="cpu_1proc.yaml", flags=FLAGS))
+    run_to_end(command(beton, reference, "--grad-accum", "2", launcher="cpu_1proc.yaml", flags=FLAGS))
     one = interrupted(beton, tmp_path / "one", "cpu_1proc.yaml", "--grad-accum", "2")
     resume(beton, one, tmp_path / "one_to_two", "cpu_2proc.yaml", "--grad-accum", "2")
     up = weight_gap(tmp_path / "one_to_two", reference)

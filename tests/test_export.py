@@ -43,10 +43,10 @@ def saved(tmp_path_factory):
     return path, model.eval()
 
 
-def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path, capsys):
+def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path):
     src, model = saved
     dst = tmp_path / "vit_mae"
-    result = run_main(capsys, "export", "--to", "vit_mae", str(src), str(dst))
+    result = run_main("export", "--to", "vit_mae", str(src), str(dst))
     assert result.returncode == 0, result.stderr
     assert json.loads((dst / "config.json").read_text())["model_type"] == "vit_mae"
     assert json.loads((dst / "preprocessor_config.json").read_text())["image_mean"] == [0.485, 0.456, 0.406]
@@ -59,16 +59,16 @@ def test_vit_mae_export_loads_in_plain_transformers(saved, tmp_path, capsys):
 
     # and back: the vit_mae folder imports into our model unchanged
     back = tmp_path / "back"
-    assert run_main(capsys, "export", "--to", "mae", str(dst), str(back)).returncode == 0
+    assert run_main("export", "--to", "mae", str(dst), str(back)).returncode == 0
     reloaded = MAEForPreTraining.from_pretrained(back)
     for key, value in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
 
 
-def test_timm_export_loads_strictly(saved, tmp_path, capsys):
+def test_timm_export_loads_strictly(saved, tmp_path):
     src, model = saved
     dst = tmp_path / "encoder.safetensors"
-    result = run_main(capsys, "export", "--to", "timm", str(src), str(dst))
+    result = run_main("export", "--to", "timm", str(src), str(dst))
     assert result.returncode == 0, result.stderr
     assert "vit_tiny_patch16_224" in result.stdout
     x = torch.randn(2, 3, 224, 224)
@@ -87,31 +87,31 @@ torch.save(features, {str(tmp_path / "f.pt")!r})
     assert (ours - torch.load(tmp_path / "f.pt")).abs().max() <= 1e-4
 
 
-def test_export_refuses_bad_paths(saved, tmp_path, capsys):
+def test_export_refuses_bad_paths(saved, tmp_path):
     src, _ = saved
     existing = tmp_path / "exists"
     existing.mkdir()
-    result = run_main(capsys, "export", "--to", "vit_mae", str(src), str(existing))
+    result = run_main("export", "--to", "vit_mae", str(src), str(existing))
     assert result.returncode == 2 and "already exists" in result.stderr
-    result = run_main(capsys, "export", "--to", "timm", str(src), str(tmp_path / "x.bin"))
+    result = run_main("export", "--to", "timm", str(src), str(tmp_path / "x.bin"))
     assert result.returncode == 2 and ".safetensors" in result.stderr
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    result = run_main(capsys, "export", "--to", "mae", str(tmp_path / "bert"), str(tmp_path / "y"))
+    result = run_main("export", "--to", "mae", str(tmp_path / "bert"), str(tmp_path / "y"))
     assert result.returncode == 2 and f"SRC {tmp_path / 'bert'}: model_type 'bert'" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "exists"]
 
 
-def test_export_creates_missing_parent_folders(saved, tmp_path, capsys):
+def test_export_creates_missing_parent_folders(saved, tmp_path):
     """DST names where the output should go: missing parents are created, as for write-dataset --output."""
     src, _ = saved
     dst = tmp_path / "missing_parent" / "dir" / "out.safetensors"
-    result = run_main(capsys, "export", "--to", "timm", str(src), str(dst))
+    result = run_main("export", "--to", "timm", str(src), str(dst))
     assert result.returncode == 0, result.stderr
     assert "pos_embed" in load_file(dst)
     assert listing(tmp_path) == ["missing_parent", "missing_parent/dir", "missing_parent/dir/out.safetensors"]
     folder = tmp_path / "new" / "vit_mae"
-    assert run_main(capsys, "export", "--to", "vit_mae", str(src), str(folder)).returncode == 0
+    assert run_main("export", "--to", "vit_mae", str(src), str(folder)).returncode == 0
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
         "model.safetensors",
@@ -119,7 +119,7 @@ def test_export_creates_missing_parent_folders(saved, tmp_path, capsys):
     ]
 
 
-def test_export_refuses_destinations_under_a_file_and_writes_nothing(saved, tmp_path, capsys):
+def test_export_refuses_destinations_under_a_file_and_writes_nothing(saved, tmp_path):
     src, _ = saved
     blocker = tmp_path / "blocker"
     blocker.write_text("kept")
@@ -129,27 +129,27 @@ def test_export_refuses_destinations_under_a_file_and_writes_nothing(saved, tmp_
         ("mae", blocker, f"DST {blocker}: exists and is not a folder"),
     ]:
         for extra in ([], ["--overwrite"]):
-            assert_one_line_error(run_main(capsys, "export", "--to", to, str(src), str(dst), *extra), words)
+            assert_one_line_error(run_main("export", "--to", to, str(src), str(dst), *extra), words)
     assert listing(tmp_path) == ["blocker"] and blocker.read_text() == "kept"
     # and in a process of its own: the one line, no traceback
     result = run_cli("export", "--to", "timm", str(src), str(blocker / "sub" / "out.safetensors"))
     assert_one_line_error(result, f"DST {blocker}/sub: cannot create the folder")
 
 
-def test_export_overwrite_replaces_only_the_files_it_writes(saved, tmp_path, capsys):
+def test_export_overwrite_replaces_only_the_files_it_writes(saved, tmp_path):
     src, model = saved
     dst = tmp_path / "exported"
-    assert run_main(capsys, "export", "--to", "vit_mae", str(src), str(dst)).returncode == 0
+    assert run_main("export", "--to", "vit_mae", str(src), str(dst)).returncode == 0
     (dst / "notes.txt").write_text("mine")
     (dst / "runs").mkdir()
     (dst / "runs" / "log.txt").write_text("also mine")
     before = {p.name: p.read_bytes() for p in dst.iterdir() if p.is_file()}
 
-    refused = run_main(capsys, "export", "--to", "mae", str(src), str(dst))  # no --overwrite
+    refused = run_main("export", "--to", "mae", str(src), str(dst))  # no --overwrite
     assert_one_line_error(refused, f"DST {dst}: already exists (pass --overwrite")
     assert {p.name: p.read_bytes() for p in dst.iterdir() if p.is_file()} == before
 
-    result = run_main(capsys, "export", "--to", "mae", str(src), str(dst), "--overwrite")
+    result = run_main("export", "--to", "mae", str(src), str(dst), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert (dst / "notes.txt").read_text() == "mine" and (dst / "runs" / "log.txt").read_text() == "also mine"
     assert json.loads((dst / "config.json").read_text())["model_type"] == "mae_trainer_mae"
@@ -159,21 +159,21 @@ def test_export_overwrite_replaces_only_the_files_it_writes(saved, tmp_path, cap
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]
 
 
-def test_export_overwrite_refuses_a_folder_that_is_not_an_export(saved, tmp_path, capsys):
+def test_export_overwrite_refuses_a_folder_that_is_not_an_export(saved, tmp_path):
     src, _ = saved
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "config.json").write_text('{"my": "settings"}')  # not a model's: never replaced
     (folder / "notes.txt").write_text("mine")
-    result = run_main(capsys, "export", "--to", "vit_mae", str(src), str(folder), "--overwrite")
+    result = run_main("export", "--to", "vit_mae", str(src), str(folder), "--overwrite")
     assert_one_line_error(result, f"DST {folder}: holds files but no saved model")
-    timm = run_main(capsys, "export", "--to", "timm", str(src), str(tmp_path / "project.safetensors"))
+    timm = run_main("export", "--to", "timm", str(src), str(tmp_path / "project.safetensors"))
     assert timm.returncode == 0, timm.stderr
-    result = run_main(capsys, "export", "--to", "timm", str(src), str(folder), "--overwrite")
+    result = run_main("export", "--to", "timm", str(src), str(folder), "--overwrite")
     assert_one_line_error(result, f"DST {folder}: the timm export is a file ending in .safetensors")
     taken = tmp_path / "dir.safetensors"
     taken.mkdir()
-    result = run_main(capsys, "export", "--to", "timm", str(src), str(taken), "--overwrite")
+    result = run_main("export", "--to", "timm", str(src), str(taken), "--overwrite")
     assert_one_line_error(result, f"DST {taken}: is a folder")
     assert listing(tmp_path) == [
         "dir.safetensors",

@@ -20,12 +20,12 @@ from .conftest import (
     command_cmd,
     kill_after_publish,
     metrics_steps,
+    run_to_end,
     small_embedded_beton,
     start_logged,
     wait_for,
     weight_gap,
 )
-from .test_resume import finish
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,9 @@ def beton(tmp_path_factory):
     return small_embedded_beton(tmp_path_factory.mktemp("ft_resume"), limit=96, max_resolution=64)
 
 
-def start(model, data, out, *extra, launcher=None, env=None):
+def command(model, data, out, *extra, launcher=None):
     args = ("--model", str(model), "--train", str(data), "--output-dir", str(out), *FLAGS, *extra)
-    return start_logged(command_cmd("finetune", launcher, *args), out.with_name(out.name + ".log"), env)
+    return command_cmd("finetune", launcher, *args)
 
 
 def records(out, key: str) -> list[dict]:
@@ -72,9 +72,9 @@ def test_sigterm_then_resume_is_bitwise(tiny_pretrained, beton, tmp_path):
     step boundary; ``--resume auto`` finishes the same run as an uninterrupted one, bit for bit."""
     extra = ("--epochs", "4", "--grad-accum", "2", "--ema-decay", "0.9", "--loader", "ffcv")
     reference = tmp_path / "reference"
-    finish(start(tiny_pretrained, beton, reference, *extra))
+    run_to_end(command(tiny_pretrained, beton, reference, *extra))
     out = tmp_path / "stopped"
-    proc = start(tiny_pretrained, beton, out, *extra)
+    proc = start_logged(command(tiny_pretrained, beton, out, *extra), tmp_path / "stopped.log")
     wait_for(lambda: len(metrics_steps(out)) >= 3, proc, "step 3 to be logged", log=proc.log)
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=300)
@@ -82,7 +82,7 @@ def test_sigterm_then_resume_is_bitwise(tiny_pretrained, beton, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
     stopped = [x for x in log.splitlines() if x.startswith("mae-trainer: stopped by SIGTERM")]
     assert len(stopped) == 1 and "rerun with --resume auto" in stopped[0], log[-3000:]
-    log = finish(start(tiny_pretrained, beton, out, *extra, "--resume", "auto"))
+    log = run_to_end(command(tiny_pretrained, beton, out, *extra, "--resume", "auto"))
     assert "resumed from" in log
     assert_same_run(reference, out, ema=True)
     results = json.loads((out / "results.json").read_text())
@@ -98,16 +98,13 @@ def test_two_ranks_killed_mid_epoch_resume_on_one_plain_process(tiny_pretrained,
     two = ("cpu_2proc.yaml", *FP32_ZERO1)
     extra = ("--epochs", "2", "--save-every", "4", "--loader", "pil")
     reference = tmp_path / "reference"
-    finish(start(tiny_pretrained, beton, reference, *extra, launcher=two))
+    run_to_end(command(tiny_pretrained, beton, reference, *extra, launcher=two))
     out = tmp_path / "killed"
-    cmd = command_cmd(
-        "finetune", two, "--model", str(tiny_pretrained), "--train", str(beton), "--output-dir", str(out),
-        *FLAGS, *extra,
-    )  # fmt: skip
+    cmd = command(tiny_pretrained, beton, out, *extra, launcher=two)
     kill_after_publish(cmd, out / "checkpoints" / "step_00000004", tmp_path / "killed.log")
     state = json.loads((out / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
     assert state["sampler"] == {"epoch": 0, "samples": 32}
-    log = finish(start(tiny_pretrained, beton, out, *extra, "--resume", "auto"))
+    log = run_to_end(command(tiny_pretrained, beton, out, *extra, "--resume", "auto"))
     assert f"resumed from {out / 'checkpoints' / 'step_00000004'} at step 4" in log
     assert "→ 1 rank(s) × 4 images × 2 accumulation step(s) = 8 (global batch kept)" in log
     assert_same_run(reference, out, ema=False, loss_tolerance=1e-6)

@@ -345,7 +345,7 @@ def test_malformed_endpoints_are_refused_before_any_request(monkeypatch):
 
 
 def test_push_command_refuses_bad_input_in_one_line_naming_the_flag(
-    model_dir, tmp_path, capsys, monkeypatch, no_saved_token
+    model_dir, tmp_path, monkeypatch, no_saved_token
 ):
     """Every malformed --endpoint (and HF_ENDPOINT), a missing token, a bad DIR or REPO: one line naming
     where the value came from, exit status 2, nothing sent and nothing in DIR touched."""
@@ -353,21 +353,17 @@ def test_push_command_refuses_bad_input_in_one_line_naming_the_flag(
     before = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
     push = ["push", str(model_dir), "alice/x", "--token", TOKEN]
     for endpoint, words in MALFORMED_ENDPOINTS.items():
-        assert_one_line_error(
-            run_main(capsys, *push, "--endpoint", endpoint), f"--endpoint {endpoint!r}: {words}"
-        )
+        assert_one_line_error(run_main(*push, "--endpoint", endpoint), f"--endpoint {endpoint!r}: {words}")
     monkeypatch.setenv("HF_ENDPOINT", "notaurl")
-    assert_one_line_error(run_main(capsys, *push), "HF_ENDPOINT 'notaurl': not an http:// or https:// URL")
+    assert_one_line_error(run_main(*push), "HF_ENDPOINT 'notaurl': not an http:// or https:// URL")
     monkeypatch.delenv("HF_ENDPOINT")
+    assert_one_line_error(run_main("push", str(model_dir), "alice/x"), "--token: no Hugging Face token")
     assert_one_line_error(
-        run_main(capsys, "push", str(model_dir), "alice/x"), "--token: no Hugging Face token"
-    )
-    assert_one_line_error(
-        run_main(capsys, "push", str(tmp_path), "alice/x", "--token", TOKEN),
+        run_main("push", str(tmp_path), "alice/x", "--token", TOKEN),
         f"DIR {tmp_path}: no config.json",
     )
     assert_one_line_error(
-        run_main(capsys, *push[:2], "bad name!", "--token", TOKEN), "REPO 'bad name!': not a repo id"
+        run_main(*push[:2], "bad name!", "--token", TOKEN), "REPO 'bad name!': not a repo id"
     )
     assert {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == before
     # and in a process of its own: the one line, no traceback

@@ -20,7 +20,7 @@ from .conftest import (
     ROOT,
     pretrain_cmd,
     run_main,
-    run_real,
+    run_to_end,
     small_embedded_beton,
     tiny_flags,
     wandb_offline_env,
@@ -33,8 +33,7 @@ def pretrain(data, out, *extra, launcher=None, report_to="none", env=None):
     cmd = pretrain_cmd(
         launcher, "--data", str(data), "--output-dir", str(out), *FLAGS, "--report-to", report_to
     )
-    result = run_real([*cmd, *extra], env=env)
-    return result.stdout + result.stderr
+    return run_to_end([*cmd, *extra], env=env)
 
 
 def losses(out):
@@ -61,7 +60,6 @@ def assert_weights(out, expected: dict):
     assert not different, different[:5]
 
 
-@pytest.mark.slow
 def test_init_from_our_run_starts_there_and_a_resumed_run_keeps_its_checkpoint(data, trained, tmp_path):
     out = tmp_path / "continued"
     same = ("--init-from", str(trained), "--lr", "0", "--max-steps", "3", "--save-every", "1")
@@ -145,7 +143,6 @@ def test_init_from_under_two_deepspeed_ranks(data, trained, tmp_path):
     assert len(list((out / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
 
 
-@pytest.mark.slow
 def test_init_from_a_transformers_vit_mae_folder(data, tmp_path):
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
@@ -183,9 +180,7 @@ def test_init_from_a_transformers_vit_mae_folder(data, tmp_path):
     assert torch.equal(saved["mae.norm.weight"], theirs["vit.layernorm.weight"])
 
 
-def test_another_architecture_is_refused_in_one_line_before_any_work(
-    demo_beton, tmp_path, capsys, monkeypatch
-):
+def test_another_architecture_is_refused_in_one_line_before_any_work(demo_beton, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network: the Hub id fails
@@ -214,7 +209,7 @@ def test_another_architecture_is_refused_in_one_line_before_any_work(
         ("narrow", "tiny", "hidden_size is 96 in the saved model, 192 in tiny"),
     ]
     for source, preset, words in cases:
-        result = run_main(capsys, "pretrain", "--data", str(demo_beton), "--output-dir", str(out),
+        result = run_main("pretrain", "--data", str(demo_beton), "--output-dir", str(out),
                           "--model", preset, "--init-from", str(tmp_path / source))  # fmt: skip
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
@@ -227,7 +222,7 @@ def test_another_architecture_is_refused_in_one_line_before_any_work(
         (str(tmp_path), "no config.json"),
         ("nobody/no-such-mae", "fetching it from the Hub"),
     ]:
-        result = run_main(capsys, "pretrain", "--data", str(demo_beton), "--output-dir", str(out),
+        result = run_main("pretrain", "--data", str(demo_beton), "--output-dir", str(out),
                           "--model", "tiny", "--init-from", spec)  # fmt: skip
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
         assert f"--init-from {spec}: " in result.stderr and words in result.stderr, result.stderr

@@ -22,6 +22,7 @@ from .conftest import (
     pause_env,
     pretrain_cmd,
     run_main,
+    run_to_end,
     small_embedded_beton,
     start_logged,
     tiny_flags,
@@ -183,7 +184,7 @@ def tensorboard_steps(out: Path, tag: str = "train/loss") -> list[int]:
 
 
 def test_resume_auto_falls_back_past_a_damaged_checkpoint_and_logs_each_step_once(
-    killed_run, small_beton, tmp_path, capsys
+    killed_run, small_beton, tmp_path
 ):
     out = tmp_path / "run"
     shutil.copytree(killed_run, out)
@@ -194,14 +195,12 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint_and_logs_each_step_onc
 
     # named explicitly, or with --strict-resume: refused in one line, before any work, nothing touched
     before = digest(out / "checkpoints")
-    explicit = run_main(capsys, *pretrain(small_beton, out, "--resume", str(newer), launcher=None)[1:])
+    explicit = run_main(*pretrain(small_beton, out, "--resume", str(newer), launcher=None)[1:])
     assert explicit.returncode == 2
     assert explicit.stderr == (
         f"mae-trainer: error: --resume {newer}: checkpoint is damaged ({problem}); it is left as it is\n"
     )
-    strict = run_main(
-        capsys, *pretrain(small_beton, out, "--resume", "auto", "--strict-resume", launcher=None)[1:]
-    )
+    strict = run_main(*pretrain(small_beton, out, "--resume", "auto", "--strict-resume", launcher=None)[1:])
     assert strict.returncode == 2 and strict.stderr.count("\n") == 1
     assert f"--strict-resume refuses to fall back to {older}" in strict.stderr
     assert digest(out / "checkpoints") == before
@@ -309,11 +308,7 @@ def test_disk_full_at_the_final_save_is_one_line_and_keeps_the_checkpoints(small
 
     # space freed: the newest checkpoint resumes and the run completes
     filler.unlink()
-    proc = start_logged(
-        pretrain(small_beton, out, "--max-steps", "6", "--resume", "auto", launcher=launcher),
-        small_disk.parent / "log2",
-    )
-    assert finish(proc) == 0, output_tail(proc.log, 4000)
-    assert f"resumed from {ckpts / 'step_00000004'} at step 4" in proc.log.read_text()
+    log = run_to_end(pretrain(small_beton, out, "--max-steps", "6", "--resume", "auto", launcher=launcher))
+    assert f"resumed from {ckpts / 'step_00000004'} at step 4" in log
     assert (out / "model.safetensors").exists() and not (ckpts / "final").exists()
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4, 5, 6]

@@ -109,7 +109,7 @@ print(changed, model(x, noise=torch.rand(2, 16)).loss.item())
     assert changed > 1e-3 and math.isfinite(loss)  # trained weights, finite loss
 
 
-def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path, capsys):
+def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path):
     out = tmp_path / "one"
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -144,11 +144,11 @@ def test_single_rank_config_recipe_file_and_max_steps(demo_beton, tmp_path, caps
     # a second run into the same directory is refused rather than overwriting the model, and a recipe with
     # a typo is refused by name (in-process: both refusals come before any process group; test_failures
     # shows a refusal under the launcher)
-    again = run_main(capsys, "pretrain", "--recipe", str(recipe), "--output-dir", str(out))
+    again = run_main("pretrain", "--recipe", str(recipe), "--output-dir", str(out))
     assert (
         again.returncode != 0 and "--output-dir" in again.stderr and "already holds a model" in again.stderr
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text("resolutoin: 64\n")
-    typo = run_main(capsys, "pretrain", "--recipe", str(bad), "--output-dir", str(out))
+    typo = run_main("pretrain", "--recipe", str(bad), "--output-dir", str(out))
     assert typo.returncode == 2 and "unknown key(s) resolutoin" in typo.stderr

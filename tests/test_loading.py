@@ -4,7 +4,6 @@ in one line naming the folder, and no command goes on with weights it failed to 
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 
@@ -115,7 +114,7 @@ def _assert_one_line_error(result, *words):
 
 
 def test_every_model_command_refuses_bad_folders_and_writes_nothing(
-    folders, tmp_path, demo_beton, jpeg_folder, capsys
+    folders, tmp_path, demo_beton, jpeg_folder
 ):
     """In-process (``run_main``: an exception that escapes is a failure); a refusal in a process of its own
     is the next test's."""
@@ -138,13 +137,13 @@ def test_every_model_command_refuses_bad_folders_and_writes_nothing(
         for name in names:
             folder, words = cases[name]
             flag = "SRC" if command == "export" else "--model"
-            result = run_main(capsys, *(str(folder) if a == "{}" else a for a in args))
+            result = run_main(*(str(folder) if a == "{}" else a for a in args))
             _assert_one_line_error(result, f"{flag} {folder}", words)
     assert not out.exists()  # nothing was written by any refused command
 
 
 def test_export_and_reconstruct_refuse_truncated_or_missing_weights_and_keep_existing_outputs(
-    folders, tmp_path, demo_beton, capsys
+    folders, tmp_path, demo_beton
 ):
     """A truncated or missing ``model.safetensors``: one line naming the flag and folder, exit status 2 (the
     truncated file in a process of its own: no traceback, no crash); an earlier export and an earlier grid
@@ -152,14 +151,11 @@ def test_export_and_reconstruct_refuse_truncated_or_missing_weights_and_keep_exi
     root, _ = folders
     cases = _broken(root, tmp_path / "cases")
     out = tmp_path / "out"
-    assert (
-        run_main(capsys, "export", "--to", "vit_mae", str(root / "ours"), str(out / "exported")).returncode
-        == 0
-    )
+    assert run_main("export", "--to", "vit_mae", str(root / "ours"), str(out / "exported")).returncode == 0
     (out / "exported" / "notes.txt").write_text("mine")
     (out / "grid.png").write_bytes(b"an earlier grid")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    for name, run in (("truncated ours", run_cli), ("no weights ours", functools.partial(run_main, capsys))):
+    for name, run in (("truncated ours", run_cli), ("no weights ours", run_main)):
         folder, words = cases[name]
         export = ["export", "--to", "vit_mae", str(folder), str(out / "exported"), "--overwrite"]
         _assert_one_line_error(run(*export), f"SRC {folder}", words)
@@ -177,31 +173,31 @@ def test_export_and_reconstruct_refuse_truncated_or_missing_weights_and_keep_exi
     assert sorted(out.rglob("*")) == sorted([out / "exported", *before])  # no new file, no hidden one
 
 
-def test_reconstruct_and_export_read_vit_mae_folders_as_our_own(folders, tmp_path, demo_beton, capsys):
+def test_reconstruct_and_export_read_vit_mae_folders_as_our_own(folders, tmp_path, demo_beton):
     root, _ = folders
     grids = {}
     for kind in ("ours", "vit_mae"):
         out = tmp_path / f"{kind}.png"
-        result = run_main(capsys, "reconstruct", "--model", str(root / kind), "--data", str(demo_beton),
+        result = run_main("reconstruct", "--model", str(root / kind), "--data", str(demo_beton),
                           "--output", str(out), "--count", "2")  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         grids[kind] = out.read_bytes()
     assert grids["ours"] == grids["vit_mae"]  # same weights, same seeded masks: the same picture
 
-    result = run_main(capsys, "export", "--to", "mae", str(root / "vit_mae"), str(tmp_path / "mae"))
+    result = run_main("export", "--to", "mae", str(root / "vit_mae"), str(tmp_path / "mae"))
     assert result.returncode == 0, result.stderr[-3000:]
     back = load_file(tmp_path / "mae" / "model.safetensors")
     original = load_file(root / "ours" / "model.safetensors")
     assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in original)
 
 
-def test_finetune_on_a_vit_mae_folder_starts_from_its_weights(folders, tmp_path, jpeg_folder, capsys):
+def test_finetune_on_a_vit_mae_folder_starts_from_its_weights(folders, tmp_path, jpeg_folder):
     """Before the one loader, finetune built a random encoder from a vit_mae folder and exited 0. With lr 0
     the saved model's encoder is exactly the loaded one, so random weights cannot pass."""
     root, model = folders
     out = tmp_path / "ft"
     result = run_main(
-        capsys, "finetune", "--model", str(root / "vit_mae"), "--train", str(jpeg_folder),
+        "finetune", "--model", str(root / "vit_mae"), "--train", str(jpeg_folder),
         "--val-fraction", "0.34", "--epochs", "1", "--max-steps", "1", "--warmup-epochs", "0",
         "--batch-size", "4", "--lr", "0", "--mixup", "0", "--cutmix", "0", "--num-workers", "0",
         "--output-dir", str(out),
@@ -212,12 +208,12 @@ def test_finetune_on_a_vit_mae_folder_starts_from_its_weights(folders, tmp_path,
         assert torch.equal(tuned[f"mae.{key}"], value), key
 
 
-def test_probe_reads_a_vit_mae_folder_like_ours(folders, tmp_path, jpeg_folder, capsys):
+def test_probe_reads_a_vit_mae_folder_like_ours(folders, tmp_path, jpeg_folder):
     root, _ = folders
     results = {}
     for kind in ("ours", "vit_mae"):
         out = tmp_path / f"{kind}.json"
-        result = run_main(capsys, "probe", "--model", str(root / kind), "--train", str(jpeg_folder),
+        result = run_main("probe", "--model", str(root / kind), "--train", str(jpeg_folder),
                           "--val-fraction", "0.5", "--knn", "--k", "3", "--num-workers", "0",
                           "--output", str(out))  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]

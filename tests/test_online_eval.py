@@ -1,5 +1,5 @@
-"""Online evaluation during pre-training (``--eval-data``): real runs, one plain process, 1 and 2 DeepSpeed
-ZeRO-1 BF16 ranks, on a labelled held-out .beton of real photos.
+"""Online evaluation during pre-training (``--eval-data``): real runs, plain ones in the test's process
+(``conftest.run_to_end``) and 2 DeepSpeed ZeRO-1 BF16 ranks, on a labelled held-out .beton of real photos.
 
 Why the top-1 must be far above chance: each class is one photograph (16 of scikit-image's), and the held-out
 crops are fresh ones (another seed than the training set's). Crops of one photo share its colours, texture
@@ -12,12 +12,11 @@ command says of the saved model.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
-from .conftest import BIN, launch_cmd, run_main, run_real, small_embedded_beton, tiny_flags
+from .conftest import BIN, launch_cmd, run_main, run_to_end, small_embedded_beton, tiny_flags
 
 CLASSES = 16
 CHANCE = 1 / CLASSES
@@ -43,8 +42,9 @@ def data(tmp_path_factory):
     return small_embedded_beton(folder, limit=160, max_resolution=64), held_out
 
 
-def run(cmd: list[str], *args: str) -> subprocess.CompletedProcess:
-    return run_real([*cmd, *map(str, args), *FLAGS])
+def run(cmd: list[str], *args: str) -> str:
+    """``cmd ARGS FLAGS`` to its end (a plain one in this process: ``conftest.run_to_end``); its output."""
+    return run_to_end([*cmd, *map(str, args), *FLAGS])
 
 
 def records(out) -> tuple[list[dict], list[dict]]:
@@ -61,8 +61,7 @@ def tensorboard_steps(out, tag: str) -> list[int]:
     return [e.step for e in events.Scalars(tag)]
 
 
-@pytest.mark.slow
-def test_one_process_evaluates_on_schedule_without_touching_training(data, tmp_path, capsys):
+def test_one_process_evaluates_on_schedule_without_touching_training(data, tmp_path):
     train, held_out = data
     plain = [str(BIN / "mae-trainer"), "pretrain", "--data", str(train)]
     out = tmp_path / "eval"
@@ -72,7 +71,7 @@ def test_one_process_evaluates_on_schedule_without_touching_training(data, tmp_p
     assert [(r["step"], r["epoch"]) for r in evals] == [(20, 1), (30, 2)]
     for r in evals:
         assert r["eval/knn_top1"] > 4 * CHANCE and r["eval/linear_top1"] > 4 * CHANCE, r
-    assert "eval at epoch 2, step 30: k-NN top-1" in result.stdout
+    assert "eval at epoch 2, step 30: k-NN top-1" in result
     assert tensorboard_steps(out, "eval/knn_top1") == tensorboard_steps(out, "eval/linear_top1") == [20, 30]
     epoch_seconds = 160 / np.mean([r["images_per_s"] for r in trained])
     print(f"one evaluation {evals[-1]['eval/seconds']:.3f} s, one epoch ~{epoch_seconds:.2f} s")
@@ -115,7 +114,7 @@ def test_deepspeed_ranks_share_the_evaluation(data, tmp_path):
     result = run(
         launch, "--output-dir", out, "--eval-data", held_out, "--eval-every", 1, "--global-batch-size", 16
     )
-    assert f"on {ranks} process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result.stdout
+    assert f"on {ranks} process(es) (DistributedType.DEEPSPEED, torch.bfloat16)" in result
     trained, evals = records(out)
     assert [(r["step"], r["epoch"]) for r in evals] == [(10, 0), (20, 1), (30, 2)]
     assert len(trained) == 30 and all("eval/linear_top1" not in r for r in evals)
@@ -123,10 +122,10 @@ def test_deepspeed_ranks_share_the_evaluation(data, tmp_path):
     # query would sit among the wrong photo's features
     assert all(r["eval/knn_top1"] > 4 * CHANCE for r in evals), evals
     assert tensorboard_steps(out, "eval/knn_top1") == [10, 20, 30]
-    assert result.stdout.count("eval at epoch") == 3  # printed once, by the main process
+    assert result.count("eval at epoch") == 3  # printed once, by the main process
 
 
-def test_bad_eval_data_is_refused_in_one_line(data, tmp_path, capsys):
+def test_bad_eval_data_is_refused_in_one_line(data, tmp_path):
     from tests.test_probe import unlabelled_beton
 
     train, held_out = data
@@ -140,9 +139,7 @@ def test_bad_eval_data_is_refused_in_one_line(data, tmp_path, capsys):
         (["--eval-data", held_out, "--eval-k", "500"], ["--eval-k 500", "larger than the feature bank (128"]),
         (["--eval-data", held_out, "--eval-every", "-1"], ["--eval-every -1", "at least 0"]),
     ]:
-        result = run_main(
-            capsys, "pretrain", "--data", str(train), "--output-dir", str(out), *map(str, extra)
-        )
+        result = run_main("pretrain", "--data", str(train), "--output-dir", str(out), *map(str, extra))
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("mae-trainer: error: ") and result.stderr.count("\n") == 1, (
             result.stderr

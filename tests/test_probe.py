@@ -113,7 +113,7 @@ def test_probe_saved_model_on_betons_writes_json(shapes_data, tmp_path, capsys):
         )
 
 
-def test_probe_random_init_on_image_folder_with_val_fraction(shapes_data, capsys):
+def test_probe_random_init_on_image_folder_with_val_fraction(shapes_data):
     args = parse(
         "--random-init", "tiny", "--image-size", "32", "--train", str(shapes_data / "folder"),
         "--val-fraction", "0.25", "--knn", "--pool", "avg", "--k", "10", "--num-workers", "0",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -11,12 +10,10 @@ from mae_trainer.training.schedules import warmup_cosine_lr
 
 from .conftest import (
     kill_after_publish,
-    kill_tree,
-    output_tail,
     pretrain_cmd,
     run_main,
+    run_to_end,
     small_embedded_beton,
-    start_logged,
     tiny_flags,
     weight_gap,
 )
@@ -31,28 +28,11 @@ def command(data, out, *extra, launcher=None, flags=FLAGS):
     return pretrain_cmd(launcher, "--data", str(data), "--output-dir", str(out), *flags, *extra)
 
 
-def start(data, out, *extra, launcher=None, env=None, flags=FLAGS):
-    """A pretraining run in the background, its output going to ``out``'s sibling ``<name>.log``."""
-    cmd = command(data, out, *extra, launcher=launcher, flags=flags)
-    return start_logged(cmd, out.with_name(out.name + ".log"), env)
-
-
 def kill_after_checkpoint(data, out, *extra, name="step_00000008", launcher=None, flags=FLAGS):
     """Start a run that stops for good right after publishing checkpoint ``name`` (tests/pause_hook), wait
     until it has, and SIGKILL the launcher and every worker there: no step after ``name`` ever runs."""
     cmd = command(data, out, *extra, launcher=launcher, flags=flags)
     kill_after_publish(cmd, out / "checkpoints" / name, out.with_name(out.name + ".log"))
-
-
-def finish(proc, timeout=900):
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        pytest.fail(f"run still going after {timeout} s{output_tail(proc.log)}")
-    out = proc.log.read_text()
-    assert proc.returncode == 0, out[-4000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +72,13 @@ def test_killed_mid_epoch_then_resumed_is_exact(
     data = request.getfixturevalue(data)
     accumulate = ("--grad-accum", "2", "--save-every", save_every)
     reference = tmp_path / "reference"
-    finish(start(data, reference, *accumulate, launcher=launcher))
+    run_to_end(command(data, reference, *accumulate, launcher=launcher))
     interrupted = tmp_path / "interrupted"
     kill_after_checkpoint(data, interrupted, *accumulate, launcher=launcher, name=kill_at)
     assert not (interrupted / "model.safetensors").exists()
     saved = json.loads((interrupted / "checkpoints" / kill_at / "trainer_state.json").read_text())
     assert saved["sampler"] == position  # layout-free: the images of the epoch consumed
-    log = finish(start(data, interrupted, *accumulate, "--resume", "auto", launcher=launcher))
+    log = run_to_end(command(data, interrupted, *accumulate, "--resume", "auto", launcher=launcher))
     assert f"resumed from {interrupted / 'checkpoints' / kill_at}" in log
     assert_same_weights(interrupted, reference)
     # the metrics of the resumed run continue the interrupted one and agree with the reference: every step
@@ -113,7 +93,7 @@ def test_killed_mid_epoch_then_resumed_is_exact(
     assert not [p for p in checkpoints if p.suffix == ".tmp"]
 
 
-def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, capsys):
+def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path):
     """The checkpoint's contract against a rerun that changes each setting the remaining steps depend on:
     one line listing each as ``name: saved → now``; nothing written. In-process (the comparison happens
     before any work), on the checkpoint of a real killed run."""
@@ -130,7 +110,7 @@ def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, c
             elif flag in flags:
                 flags.remove(flag)
         extra = [x for f, v in zip(changes[::2], changes[1::2]) if f not in FLAGS for x in (f, v) if x]
-        return run_main(capsys, "pretrain", "--data", str(small_beton), "--output-dir", str(out),
+        return run_main("pretrain", "--data", str(small_beton), "--output-dir", str(out),
                         *flags, *extra, "--resume", "auto")  # fmt: skip
 
     changes = {
@@ -154,7 +134,7 @@ def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, c
     assert "--blr: 0.001 → 0.003" in lines[0] and "global batch: 16 → 32" in lines[0]
     assert "model mask_ratio: 0.75 → 0.6" in lines[0]
     # the data file is compared by identity (samples, size, digest), not by path
-    result = run_main(capsys, "pretrain", "--data", str(other), "--output-dir", str(out), *FLAGS,
+    result = run_main("pretrain", "--data", str(other), "--output-dir", str(out), *FLAGS,
                       "--resume", "auto")  # fmt: skip
     assert result.returncode == 2 and "--data: 160 samples" in result.stderr
     assert "→ 48 samples" in result.stderr
@@ -163,7 +143,7 @@ def test_every_math_changing_setting_is_refused_by_name(small_beton, tmp_path, c
     assert result.returncode == 2 and "at step 4" in result.stderr
     assert "nothing would be trained" in result.stderr
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written (stale lock gone)
-    result = run_main(capsys, "pretrain", "--data", str(small_beton), "--output-dir", str(out), *FLAGS,
+    result = run_main("pretrain", "--data", str(small_beton), "--output-dir", str(out), *FLAGS,
                       "--resume", str(tmp_path / "nowhere"))  # fmt: skip
     assert result.returncode == 2 and "not a complete checkpoint" in result.stderr
 
@@ -173,7 +153,7 @@ def test_replan_stretches_the_rest_of_the_cosine(small_beton, tmp_path):
     the new end; the step counter and the data position continue."""
     out = tmp_path / "run"
     kill_after_checkpoint(small_beton, out, name="step_00000016")  # epoch 1 of 3, past the warmup (10)
-    log = finish(start(small_beton, out, "--resume", "auto", "--replan", "--epochs", "4"))
+    log = run_to_end(command(small_beton, out, "--resume", "auto", "--replan", "--epochs", "4"))
     assert "resumed from" in log
     after = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     # the lr logged at step s is the one its update used, the schedule's value at s - 1; the old plan ran

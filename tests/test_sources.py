@@ -43,12 +43,11 @@ def sizes_of(samples) -> list[tuple[int, int]]:
     return [Image.open(io.BytesIO(data)).size for data, _, _ in samples]
 
 
-def write(capsys, *args):
-    result = run_main(capsys, "write-dataset", "--num-workers", "1", *args)
-    return result
+def write(*args):
+    return run_main("write-dataset", "--num-workers", "1", *args)
 
 
-def test_parquet_shards_with_class_label(jpeg_folder, tmp_path, capsys):
+def test_parquet_shards_with_class_label(jpeg_folder, tmp_path):
     import datasets
 
     samples = jpegs(jpeg_folder)
@@ -64,21 +63,19 @@ def test_parquet_shards_with_class_label(jpeg_folder, tmp_path, capsys):
         }
         datasets.Dataset.from_dict(table, features=features).to_parquet(str(data / f"train-{shard}.parquet"))
     out = tmp_path / "pq.beton"
-    result = write(capsys, "--source", str(data / "*.parquet"), "--output", str(out))
+    result = write("--source", str(data / "*.parquet"), "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert_beton(out, [lab for _, lab, _ in samples], ["cat", "cup"], sizes_of(samples))
     # --limit applies; --label-column none: one class named after the source
     out2 = tmp_path / "pq_unlabelled.beton"
-    result = write(
-        capsys, "--source", str(data / "train-1.parquet"), "--label-column", "none", "--output", str(out2)
-    )
+    result = write("--source", str(data / "train-1.parquet"), "--label-column", "none", "--output", str(out2))
     assert result.returncode == 0, result.stderr
     summary = json.loads(out2.with_name(out2.name + ".json").read_text())
     # unlabelled: one class named after the source, or (with an image field only) none
     assert summary["count"] == len(samples) - 5 and len(summary["classes"]) <= 1
 
 
-def test_arrow_file_with_string_labels(jpeg_folder, tmp_path, capsys):
+def test_arrow_file_with_string_labels(jpeg_folder, tmp_path):
     import datasets
 
     samples = jpegs(jpeg_folder)
@@ -93,7 +90,6 @@ def test_arrow_file_with_string_labels(jpeg_folder, tmp_path, capsys):
     arrow = next(saved.glob("*.arrow"))
     out = tmp_path / "arrow.beton"
     result = write(
-        capsys,
         "--source",
         str(arrow),
         "--image-column",
@@ -123,7 +119,7 @@ def write_shards(folder: Path, samples, per_shard: int, json_labels: bool = Fals
                     tar.addfile(info, io.BytesIO(payload))
 
 
-def test_webdataset_shards_by_brace_range_and_glob(jpeg_folder, tmp_path, capsys):
+def test_webdataset_shards_by_brace_range_and_glob(jpeg_folder, tmp_path):
     samples = jpegs(jpeg_folder)
     shards = tmp_path / "wds"
     write_shards(shards, samples, per_shard=4)  # 3 shards
@@ -131,34 +127,30 @@ def test_webdataset_shards_by_brace_range_and_glob(jpeg_folder, tmp_path, capsys
     labels = [lab for _, lab, _ in samples]
     for name, pattern in (("brace", "shard-{0000..0002}.tar"), ("glob", "shard-*.tar")):
         out = tmp_path / f"{name}.beton"
-        result = write(capsys, "--source", str(shards / pattern), "--output", str(out))
+        result = write("--source", str(shards / pattern), "--output", str(out))
         assert result.returncode == 0, result.stderr
         assert_beton(out, labels, ["0", "1"], sizes_of(samples))
     # --limit reads only the start of the stream
     out = tmp_path / "limited.beton"
-    result = write(
-        capsys, "--source", str(shards / "shard-{0000..0002}.tar"), "--limit", "5", "--output", str(out)
-    )
+    result = write("--source", str(shards / "shard-{0000..0002}.tar"), "--limit", "5", "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads(out.with_name(out.name + ".json").read_text())["count"] == 5
     # --fraction on a stream of unknown length: a seeded coin per item, the same items on every run
     kept = []
     for run in range(2):
         out = tmp_path / f"fraction{run}.beton"
-        result = write(
-            capsys, "--source", str(shards / "shard-*.tar"), "--fraction", "0.5", "--output", str(out)
-        )
+        result = write("--source", str(shards / "shard-*.tar"), "--fraction", "0.5", "--output", str(out))
         assert result.returncode == 0, result.stderr
         kept.append(list(open_labelled(out).labels))
     assert kept[0] == kept[1] and 0 < len(kept[0]) < len(samples)
 
 
-def test_webdataset_json_label(jpeg_folder, tmp_path, capsys):
+def test_webdataset_json_label(jpeg_folder, tmp_path):
     samples = jpegs(jpeg_folder)
     shards = tmp_path / "wds_json"
     write_shards(shards, samples, per_shard=6, json_labels=True)
     out = tmp_path / "json.beton"
-    result = write(capsys, "--source", str(shards / "shard-{0000..0001}.tar"), "--output", str(out))
+    result = write("--source", str(shards / "shard-{0000..0001}.tar"), "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert_beton(out, [lab for _, lab, _ in samples], ["c0", "c1"], sizes_of(samples))
 
@@ -181,10 +173,10 @@ def test_webdataset_json_label(jpeg_folder, tmp_path, capsys):
         ),
     ],
 )
-def test_bad_sources_are_one_line_before_any_output(args, start, jpeg_folder, tmp_path, capsys):
+def test_bad_sources_are_one_line_before_any_output(args, start, jpeg_folder, tmp_path):
     write_shards(tmp_path / "wds", jpegs(jpeg_folder)[:2], per_shard=2)
     out = tmp_path / "bad.beton"
-    result = write(capsys, *[a.format(tmp=tmp_path) for a in args], "--output", str(out))
+    result = write(*[a.format(tmp=tmp_path) for a in args], "--output", str(out))
     assert result.returncode == 2
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and start.format(tmp=tmp_path) in message, message

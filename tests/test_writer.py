@@ -102,7 +102,7 @@ def sixteen_classes(tmp_path_factory):
     return root
 
 
-def test_limit_and_fraction_keep_every_class_in_proportion(sixteen_classes, jpeg_folder, tmp_path, capsys):
+def test_limit_and_fraction_keep_every_class_in_proportion(sixteen_classes, jpeg_folder, tmp_path):
     """``--limit``/``--fraction`` pick a seeded subset stratified by class, in source order; an empty class
     folder is no class; the summary counts what was written."""
     source = image_folder_source(sixteen_classes)
@@ -125,7 +125,7 @@ def test_limit_and_fraction_keep_every_class_in_proportion(sixteen_classes, jpeg
 
     out = tmp_path / "subset.beton"
     args = ["write-dataset", "--source", str(sixteen_classes), "--output", str(out), "--num-workers", "1"]
-    result = run_main(capsys, *args, "--limit", "16")
+    result = run_main(*args, "--limit", "16")
     assert result.returncode == 0, result.stderr
     assert "wrote 16 images (16 JPEG, 0 raw) in 16 classes to" in result.stdout
     assert f"skipped {sixteen_classes}/empty/: a class folder without images" in result.stdout
@@ -133,7 +133,7 @@ def test_limit_and_fraction_keep_every_class_in_proportion(sixteen_classes, jpeg
     assert summary["count"] == 16 and len(summary["classes"]) == 16
     assert set(summary["class_counts"].values()) == {1}
     assert sorted(label for _, label in read_images(out)) == list(range(16))
-    result = run_main(capsys, *args, "--limit", "3", "--overwrite")
+    result = run_main(*args, "--limit", "3", "--overwrite")
     assert "wrote 3 images (3 JPEG, 0 raw) in 3 of 16 classes" in result.stdout, result.stdout
     summary = json.loads((tmp_path / "subset.beton.json").read_text())
     assert sum(summary["class_counts"].values()) == 3 == sum(n > 0 for n in summary["class_counts"].values())
@@ -186,7 +186,7 @@ def test_hf_imagefolder_source_and_column_errors(jpeg_folder, hf_dataset_dir, tm
     assert set(unlabeled.labels) == {0}
 
 
-def test_write_dataset_refuses_outputs_it_cannot_write(jpeg_folder, tmp_path, capsys):
+def test_write_dataset_refuses_outputs_it_cannot_write(jpeg_folder, tmp_path):
     """``--output`` under a file, with a name too long, onto a folder, or in a folder that refuses new files
     (sysfs refuses them even to root, which passes every permission bit): one line naming ``--output``,
     exit status 2, before any image is read; nothing is written and nothing there is removed."""
@@ -205,9 +205,9 @@ def test_write_dataset_refuses_outputs_it_cannot_write(jpeg_folder, tmp_path, ca
         cases[Path("/sys/mae_trainer_test.beton")] = "--output /sys: cannot write in the folder (Permission"
     for output, words in cases.items():
         args = ["write-dataset", "--source", str(jpeg_folder), "--output", str(output)]
-        assert_one_line_error(run_main(capsys, *args), words)
+        assert_one_line_error(run_main(*args), words)
         if output.parent == tmp_path:
-            assert_one_line_error(run_main(capsys, *args, "--overwrite"), words)
+            assert_one_line_error(run_main(*args, "--overwrite"), words)
     # and in a process of its own: the one line, no traceback
     result = run_cli("write-dataset", "--source", str(jpeg_folder), "--output", str(blocker / "x.beton"))
     assert_one_line_error(result, f"--output {blocker}: exists and is not a folder")
@@ -402,7 +402,7 @@ def test_a_killed_write_leaves_a_partial_the_next_write_removes(jpeg_folder, tmp
     assert json.loads((tmp_path / "big.beton.json").read_text())["count"] == 12
 
 
-def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_folder, tmp_path, capsys):
+def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_folder, tmp_path):
     """``--label-column none`` gives an image field only, for a folder and for the embedded set; pre-training
     runs on such a file (reconstruction grid included), and whatever needs labels refuses it in one line
     naming the file."""
@@ -413,7 +413,7 @@ def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_fol
     out = tmp_path / "unlabelled.beton"
     for source in (str(jpeg_folder), "embedded"):
         args = ["write-dataset", "--source", source, "--output", str(out), "--label-column", "none"]
-        result = run_main(capsys, *args, "--limit", "12", "--num-workers", "1", "--overwrite")
+        result = run_main(*args, "--limit", "12", "--num-workers", "1", "--overwrite")
         assert result.returncode == 0, result.stderr
         assert "wrote 12 images (12 JPEG, 0 raw) without labels to" in result.stdout, result.stdout
         assert Reader(str(out)).field_names == field_names(out) == ["image"], source
@@ -426,14 +426,14 @@ def test_label_column_none_writes_images_only_and_such_a_file_pretrains(jpeg_fol
     pretrain = ["pretrain", "--data", str(out), "--model", "tiny", "--resolution", "32", "--epochs", "1",
                 "--warmup-epochs", "0", "--batch-size", "4", "--max-steps", "2", "--num-workers", "1",
                 "--log-every", "1", "--recon-images", "4", "--report-to", "none"]  # fmt: skip
-    result = run_main(capsys, *pretrain, "--output-dir", str(run))
+    result = run_main(*pretrain, "--output-dir", str(run))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert len((run / "metrics.jsonl").read_text().splitlines()) >= 2
-    result = run_main(capsys, *pretrain, "--output-dir", str(tmp_path / "eval"), "--eval-data", str(out))
+    result = run_main(*pretrain, "--output-dir", str(tmp_path / "eval"), "--eval-data", str(out))
     assert_one_line_error(result, f"{out}: has no 'label' field (fields: image); write it from a labelled")
     assert "--eval-data" in result.stderr and not (tmp_path / "eval").exists()
     probe = ["probe", "--model", str(run), "--train", str(out), "--val-fraction", "0.2", "--knn"]
-    assert_one_line_error(run_main(capsys, *probe), f"{out}: has no 'label' field (fields: image)")
+    assert_one_line_error(run_main(*probe), f"{out}: has no 'label' field (fields: image)")
 
 
 @pytest.fixture
