@@ -149,7 +149,8 @@ def _blocks(
 ) -> nn.ModuleList:
     """``depth`` timm blocks; stochastic depth rises linearly from 0 to ``drop_path`` (the usual ViT rule)."""
     norm = partial(nn.LayerNorm, eps=config.layer_norm_eps)
-    rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+    # on the CPU whatever the default device: a model built under ``torch.device("meta")`` needs numbers here
+    rates = torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path] * depth
     return nn.ModuleList(
         Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=config.qkv_bias, norm_layer=norm, drop_path=rate)
         for rate in rates
