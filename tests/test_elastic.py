@@ -1,9 +1,9 @@
 """Elastic resume (a preempted run continues on another number of ranks): real `accelerate launch` runs
-under DeepSpeed ZeRO-1 on 1 and 2 CPU ranks, and one process without a launcher, killed right after a
-checkpoint and resumed on another layout of the same global batch. The optimizer state crosses layouts
-through DeepSpeed's universal checkpoint (training/elastic.py); the sample order, crops and masks are
-layout-free (tests/test_sampler.py proves the per-step sample ids), so the final weights are compared with
-the uninterrupted run's."""
+under DeepSpeed ZeRO-1 on 1 and 2 CPU ranks, killed right after a checkpoint and resumed on another layout
+of the same global batch, one of them a plain run without a launcher (in the test's process:
+``conftest.run_to_end``). The optimizer state crosses layouts through DeepSpeed's universal checkpoint
+(training/elastic.py); the sample order, crops and masks are layout-free (tests/test_sampler.py proves the
+per-step sample ids), so the final weights are compared with the uninterrupted run's."""
 
 from __future__ import annotations
 
