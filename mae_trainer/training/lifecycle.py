@@ -188,15 +188,6 @@ def release_output_locks() -> None:
         _held.popitem()[1].release()
 
 
-def restore_signal_handlers() -> None:
-    """Put back the SIGTERM and SIGUSR1 handlers :class:`StopSignals` replaced (the CLI, when a command
-    ends). A handler Python did not install (``signal.getsignal`` gives None) stays as it is."""
-    while _replaced:
-        signum, handler = _replaced.popitem()
-        if handler is not None:
-            signal.signal(signum, handler)
-
-
 def claim_output_dir(folder: Path) -> None:
     """What every training command does first: die with the launcher (every rank), and on rank 0 (``RANK``
     unset or ``0``) lock ``folder`` for the run, before any checkpoint is looked up or file written."""
@@ -257,3 +248,12 @@ class StopSignals:
             "written; rerun with --resume auto",
             self.signum,
         )
+
+
+def restore_signal_handlers() -> None:
+    """Put back the SIGTERM and SIGUSR1 handlers :class:`StopSignals` replaced (the CLI, when a command
+    ends). A handler Python did not install (``signal.getsignal`` gives None) stays as it is."""
+    while _replaced:
+        signum, handler = _replaced.popitem()
+        if handler is not None:
+            signal.signal(signum, handler)
